@@ -1,0 +1,700 @@
+//! The revisioned key-value state machine: keys, revisions, transactions, leases and compaction.
+//!
+//! All state sits behind one `std::sync::Mutex`: every operation is a short, synchronous critical section
+//! (no `.await` while holding it), which is both simpler and faster than finer locking at the sizes an
+//! etcd-like store sees. Writes go through [`Writer`], which stamps every change with the next revision and
+//! keeps an undo log, so a transaction that fails half-way (an unknown lease in its third put, say) is
+//! rolled back completely and never becomes visible: antietcd 1.3.1 left such a transaction half-applied.
+//!
+//! Every committed revision becomes one [`WatchBatch`]: kept in the history (for watches that start in the
+//! past) until compaction, and handed to the watch hub ([`crate::watch`]).
+
+use crate::error::Error;
+use crate::types::*;
+use crate::watch::{Hub, Watch};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use tokio::sync::Notify;
+use tokio::time::{Duration, Instant};
+
+/// The longest lease TTL accepted, in seconds (etcd's limit too).
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+/// The most operations one transaction may hold, counting nested ones.
+pub const MAX_TXN_OPS: usize = 100_000;
+/// How deeply transactions may nest.
+pub const MAX_TXN_DEPTH: usize = 16;
+
+/// Tuning of an [`Engine`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// How many revisions of history to keep for watches that start in the past. When the history grows to
+    /// twice this, the older half is compacted (antietcd's `compact_revisions`). 0 keeps everything.
+    pub compact_revisions: i64,
+    /// How many undelivered batches a watcher may have queued before it is cancelled as lagging.
+    pub watch_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { compact_revisions: 1000, watch_capacity: 4096 }
+    }
+}
+
+impl Config {
+    /// Sets [`Config::compact_revisions`].
+    pub fn with_compact_revisions(mut self, n: i64) -> Self {
+        self.compact_revisions = n;
+        self
+    }
+
+    /// Sets [`Config::watch_capacity`].
+    pub fn with_watch_capacity(mut self, n: usize) -> Self {
+        self.watch_capacity = n.max(1);
+        self
+    }
+}
+
+/// A handle to one in-memory store. Cheap to clone; every clone is the same store.
+///
+/// Creating one spawns a small task that expires leases; it ends when the last handle is dropped or
+/// [`Engine::close`] is called.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    state: Mutex<State>,
+    /// Wakes the lease-expiry task when the earliest expiry moves closer, or on close.
+    lease_timer: Arc<Notify>,
+    config: Config,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The expiry task only holds a `Weak`; wake it so it notices and exits.
+        self.lease_timer.notify_one();
+    }
+}
+
+/// One stored key (the map's key is the key itself).
+#[derive(Clone, Debug)]
+struct Entry {
+    value: Bytes,
+    create_revision: Revision,
+    mod_revision: Revision,
+    version: i64,
+    lease: Option<LeaseId>,
+}
+
+impl Entry {
+    fn to_kv(&self, key: &Bytes) -> KeyValue {
+        KeyValue {
+            key: key.clone(),
+            value: self.value.clone(),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            lease: self.lease,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Lease {
+    ttl: i64,
+    expires: Instant,
+    keys: BTreeSet<Bytes>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    kv: BTreeMap<Bytes, Entry>,
+    revision: Revision,
+    compact_revision: Revision,
+    leases: HashMap<LeaseId, Lease>,
+    /// Leases ordered by expiry, for the expiry task.
+    expiry: BTreeSet<(Instant, LeaseId)>,
+    /// Committed batches with `revision >= compact_revision`, oldest first.
+    history: VecDeque<Arc<WatchBatch>>,
+    pub(crate) hub: Hub,
+    closed: bool,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock cannot leave the state half-written in a way we could detect better
+    // than by carrying on: every mutation is completed or undone before returning.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Engine {
+    /// Creates an empty store. Must be called inside a tokio runtime.
+    pub fn new(config: Config) -> Result<Engine, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            lease_timer: Arc::new(Notify::new()),
+            config,
+        });
+        runtime.spawn(expire_leases(Arc::downgrade(&inner), inner.lease_timer.clone()));
+        Ok(Engine { inner })
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner.state)
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> Revision {
+        self.state().revision
+    }
+
+    /// A summary of the store.
+    pub fn status(&self) -> Status {
+        let st = self.state();
+        Status {
+            revision: st.revision,
+            compact_revision: st.compact_revision,
+            keys: st.kv.len(),
+            leases: st.leases.len(),
+            watchers: st.hub.len(),
+        }
+    }
+
+    /// Reads one key: the current revision and the key, if present. The fast path of [`Engine::range`].
+    pub fn get(&self, key: &[u8]) -> Result<(Revision, Option<KeyValue>), Error> {
+        let st = self.state();
+        st.check_open()?;
+        let kv = st.kv.get_key_value(key).map(|(k, e)| e.to_kv(k));
+        Ok((st.revision, kv))
+    }
+
+    /// Reads a key or a range.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Error> {
+        let st = self.state();
+        st.check_open()?;
+        st.range(req)
+    }
+
+    /// Writes one key.
+    pub fn put(&self, req: PutRequest) -> Result<PutResponse, Error> {
+        let (mut resp, revision) = self.write(|w| w.put(req))?;
+        resp.revision = revision;
+        Ok(resp)
+    }
+
+    /// Deletes a key or a range.
+    pub fn delete_range(&self, req: &DeleteRequest) -> Result<DeleteResponse, Error> {
+        let (mut resp, revision) = self.write(|w| w.delete(req))?;
+        resp.revision = revision;
+        Ok(resp)
+    }
+
+    /// Runs a transaction, all or nothing.
+    pub fn txn(&self, req: &TxnRequest) -> Result<TxnResponse, Error> {
+        check_txn_size(req)?;
+        let (mut resp, revision) = self.write(|w| w.txn(req))?;
+        set_txn_revision(&mut resp, revision);
+        Ok(resp)
+    }
+
+    /// Runs `f` as one write: its changes get the next revision and are committed together, or, if it
+    /// fails, undone. Returns `f`'s result and the revision after the write.
+    fn write<R>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<R, Error>) -> Result<(R, Revision), Error> {
+        let mut st = self.state();
+        st.check_open()?;
+        let next = st.revision + 1;
+        let mut w = Writer { st: &mut st, revision: next, events: Vec::new(), undo: Vec::new() };
+        match f(&mut w) {
+            Ok(r) => {
+                let events = std::mem::take(&mut w.events);
+                drop(w);
+                st.commit(events, &self.inner.config);
+                Ok((r, st.revision))
+            }
+            Err(e) => {
+                w.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Grants a lease of `ttl` seconds, with the given id or a random one.
+    pub fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant, Error> {
+        if !(1..=MAX_LEASE_TTL).contains(&ttl) {
+            return Err(Error::InvalidTtl(ttl));
+        }
+        let mut st = self.state();
+        st.check_open()?;
+        let id = match id {
+            Some(id) if id.0 > 0 => {
+                if st.leases.contains_key(&id) {
+                    return Err(Error::LeaseExists(id));
+                }
+                id
+            }
+            _ => loop {
+                let candidate = LeaseId(rand::random::<i64>() & i64::MAX);
+                if candidate.0 != 0 && !st.leases.contains_key(&candidate) {
+                    break candidate;
+                }
+            },
+        };
+        let expires = Instant::now() + Duration::from_secs(ttl as u64);
+        st.leases.insert(id, Lease { ttl, expires, keys: BTreeSet::new() });
+        let earliest = st.expiry.first().is_none_or(|(t, _)| expires < *t);
+        st.expiry.insert((expires, id));
+        drop(st);
+        if earliest {
+            self.inner.lease_timer.notify_one();
+        }
+        Ok(LeaseGrant { id, ttl })
+    }
+
+    /// Renews a lease for its full TTL; returns the TTL.
+    pub fn lease_keep_alive(&self, id: LeaseId) -> Result<i64, Error> {
+        let mut st = self.state();
+        st.check_open()?;
+        let st = &mut *st;
+        let lease = st.leases.get_mut(&id).ok_or(Error::LeaseNotFound(id))?;
+        st.expiry.remove(&(lease.expires, id));
+        lease.expires = Instant::now() + Duration::from_secs(lease.ttl as u64);
+        st.expiry.insert((lease.expires, id));
+        Ok(lease.ttl)
+    }
+
+    /// Revokes a lease, deleting every key attached to it. Returns the revision after.
+    pub fn lease_revoke(&self, id: LeaseId) -> Result<Revision, Error> {
+        let ((), revision) = self.write(|w| w.revoke(id))?;
+        Ok(revision)
+    }
+
+    /// Tells about a lease.
+    pub fn lease_time_to_live(&self, id: LeaseId, keys: bool) -> Result<LeaseInfo, Error> {
+        let st = self.state();
+        st.check_open()?;
+        let lease = st.leases.get(&id).ok_or(Error::LeaseNotFound(id))?;
+        let left = lease.expires.saturating_duration_since(Instant::now());
+        Ok(LeaseInfo {
+            id,
+            granted_ttl: lease.ttl,
+            ttl: left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0),
+            keys: if keys { lease.keys.iter().cloned().collect() } else { Vec::new() },
+        })
+    }
+
+    /// The ids of every live lease.
+    pub fn leases(&self) -> Vec<LeaseId> {
+        let mut ids: Vec<LeaseId> = self.state().leases.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Drops the history before `revision`: watches can no longer start earlier.
+    pub fn compact(&self, revision: Revision) -> Result<(), Error> {
+        let mut st = self.state();
+        st.check_open()?;
+        if revision > st.revision {
+            return Err(Error::FutureRevision { requested: revision, current: st.revision });
+        }
+        if revision <= st.compact_revision {
+            return Err(Error::Compacted { requested: revision, compact_revision: st.compact_revision });
+        }
+        st.compact(revision);
+        Ok(())
+    }
+
+    /// Starts watching a key or range. See [`Watch`] for what the stream yields.
+    pub fn watch(&self, req: WatchRequest) -> Result<Watch, Error> {
+        let mut st = self.state();
+        st.check_open()?;
+        let start = req.start_revision;
+        if start > 0 && start < st.compact_revision {
+            return Err(Error::Compacted { requested: start, compact_revision: st.compact_revision });
+        }
+        let replay: VecDeque<Arc<WatchBatch>> = if start > 0 && start <= st.revision {
+            // History is ordered by revision: skip what is older than `start`.
+            let skip = st.history.partition_point(|b| b.revision < start);
+            st.history.iter().skip(skip).filter(|b| touches(&req.range, b)).cloned().collect()
+        } else {
+            VecDeque::new()
+        };
+        let revision = st.revision;
+        let capacity = self.inner.config.watch_capacity;
+        Ok(st.hub.register(req, revision, replay, capacity, Arc::downgrade(&self.inner)))
+    }
+
+    /// Closes the store: every later call fails with [`Error::Closed`], watch streams end, the lease task
+    /// stops. Idempotent.
+    pub fn close(&self) {
+        let mut st = self.state();
+        st.closed = true;
+        st.hub.clear();
+        drop(st);
+        self.inner.lease_timer.notify_one();
+    }
+
+    /// Whether [`Engine::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+}
+
+impl Inner {
+    pub(crate) fn unregister_watch(&self, id: u64) {
+        lock(&self.state).hub.remove(id);
+    }
+}
+
+/// Whether any event of `batch` is in `range`.
+pub(crate) fn touches(range: &KeyRange, batch: &WatchBatch) -> bool {
+    batch.events.iter().any(|e| range.contains(&e.kv.key))
+}
+
+fn check_txn_size(req: &TxnRequest) -> Result<(), Error> {
+    fn walk(req: &TxnRequest, depth: usize, ops: &mut usize) -> Result<(), Error> {
+        if depth > MAX_TXN_DEPTH {
+            return Err(Error::TxnTooLarge("nested too deeply"));
+        }
+        for op in req.success.iter().chain(&req.failure) {
+            *ops += 1;
+            if let TxnOp::Txn(t) = op {
+                walk(t, depth + 1, ops)?;
+            }
+        }
+        if *ops + req.compare.len() > MAX_TXN_OPS {
+            return Err(Error::TxnTooLarge("too many operations"));
+        }
+        Ok(())
+    }
+    walk(req, 1, &mut 0)
+}
+
+fn set_txn_revision(resp: &mut TxnResponse, revision: Revision) {
+    resp.revision = revision;
+    for r in &mut resp.responses {
+        match r {
+            TxnOpResponse::Range(r) => r.revision = revision,
+            TxnOpResponse::Put(r) => r.revision = revision,
+            TxnOpResponse::Delete(r) => r.revision = revision,
+            TxnOpResponse::Txn(t) => set_txn_revision(t, revision),
+        }
+    }
+}
+
+/// The keys of `range` in `map`, in order.
+fn keys_in<'a>(
+    map: &'a BTreeMap<Bytes, Entry>,
+    range: &'a KeyRange,
+) -> Box<dyn Iterator<Item = (&'a Bytes, &'a Entry)> + 'a> {
+    if range.is_single() {
+        return Box::new(map.get_key_value(&range.key[..]).into_iter());
+    }
+    let all = &range.range_end[..] == b"\0";
+    let start: Bound<&[u8]> =
+        if all && &range.key[..] == b"\0" { Bound::Unbounded } else { Bound::Included(&range.key[..]) };
+    let end: Bound<&[u8]> = if all { Bound::Unbounded } else { Bound::Excluded(&range.range_end[..]) };
+    if let (Bound::Included(s), Bound::Excluded(e)) = (start, end) {
+        // BTreeMap::range panics on an inverted range; an inverted etcd range is simply empty.
+        if s >= e {
+            return Box::new(std::iter::empty());
+        }
+    }
+    Box::new(map.range::<[u8], _>((start, end)))
+}
+
+impl State {
+    fn check_open(&self) -> Result<(), Error> {
+        if self.closed {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_read_revision(&self, revision: Revision) -> Result<(), Error> {
+        if revision <= 0 || revision == self.revision {
+            return Ok(());
+        }
+        if revision > self.revision {
+            return Err(Error::FutureRevision { requested: revision, current: self.revision });
+        }
+        if revision < self.compact_revision {
+            return Err(Error::Compacted { requested: revision, compact_revision: self.compact_revision });
+        }
+        Err(Error::HistoricalRead { requested: revision, current: self.revision })
+    }
+
+    fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Error> {
+        self.check_read_revision(req.revision)?;
+        let keep = |e: &Entry| {
+            (req.min_mod_revision <= 0 || e.mod_revision >= req.min_mod_revision)
+                && (req.max_mod_revision <= 0 || e.mod_revision <= req.max_mod_revision)
+                && (req.min_create_revision <= 0 || e.create_revision >= req.min_create_revision)
+                && (req.max_create_revision <= 0 || e.create_revision <= req.max_create_revision)
+        };
+        let mut matching = keys_in(&self.kv, &req.range).filter(|(_, e)| keep(e));
+        let sorted = req.sort_order != SortOrder::None
+            && !(req.sort_target == SortTarget::Key && req.sort_order == SortOrder::Ascend);
+        let mut resp = RangeResponse { revision: self.revision, ..Default::default() };
+        if req.count_only {
+            resp.count = matching.count();
+            return Ok(resp);
+        }
+        let limit = if req.limit == 0 { usize::MAX } else { req.limit };
+        let to_kv = |(k, e): (&Bytes, &Entry)| {
+            let mut kv = e.to_kv(k);
+            if req.keys_only {
+                kv.value = Bytes::new();
+            }
+            kv
+        };
+        if !sorted {
+            // Key order is the map's order: stop copying at the limit, just count the rest.
+            resp.kvs = matching.by_ref().take(limit).map(to_kv).collect();
+            resp.count = resp.kvs.len() + matching.count();
+        } else {
+            let mut all: Vec<KeyValue> = matching.map(to_kv).collect();
+            resp.count = all.len();
+            sort_kvs(&mut all, req.sort_target, req.sort_order);
+            all.truncate(limit);
+            resp.kvs = all;
+        }
+        resp.more = resp.count > resp.kvs.len();
+        Ok(resp)
+    }
+
+    fn compare(&self, c: &Compare) -> bool {
+        let mut any = false;
+        for (_, e) in keys_in(&self.kv, &c.range) {
+            any = true;
+            if !compare_entry(Some(e), c) {
+                return false;
+            }
+        }
+        any || compare_entry(None, c)
+    }
+
+    /// Replaces the entry of `key`, keeping lease key sets in step; returns the old entry.
+    fn set_entry(&mut self, key: &Bytes, entry: Option<Entry>) -> Option<Entry> {
+        let new_lease = entry.as_ref().and_then(|e| e.lease);
+        let old = match entry {
+            Some(e) => self.kv.insert(key.clone(), e),
+            None => self.kv.remove(&key[..]),
+        };
+        let old_lease = old.as_ref().and_then(|e| e.lease);
+        if old_lease != new_lease {
+            if let Some(l) = old_lease.and_then(|id| self.leases.get_mut(&id)) {
+                l.keys.remove(&key[..]);
+            }
+            if let Some(l) = new_lease.and_then(|id| self.leases.get_mut(&id)) {
+                l.keys.insert(key.clone());
+            }
+        }
+        old
+    }
+
+    /// Makes `events` (all stamped `revision + 1`) the next revision, if there are any.
+    fn commit(&mut self, events: Vec<Event>, config: &Config) {
+        if events.is_empty() {
+            return;
+        }
+        self.revision += 1;
+        let batch = Arc::new(WatchBatch { revision: self.revision, events });
+        self.hub.publish(&batch);
+        self.history.push_back(batch);
+        let n = config.compact_revisions;
+        if n > 0 && self.revision - self.compact_revision > 2 * n {
+            self.compact(self.revision - n);
+        }
+    }
+
+    fn compact(&mut self, revision: Revision) {
+        while self.history.front().is_some_and(|b| b.revision < revision) {
+            self.history.pop_front();
+        }
+        self.compact_revision = revision;
+    }
+}
+
+fn compare_entry(e: Option<&Entry>, c: &Compare) -> bool {
+    use std::cmp::Ordering;
+    let ord: Ordering = match (&c.target, e) {
+        (CompareTarget::Value(_), None) => return false,
+        (CompareTarget::Value(v), Some(e)) => e.value[..].cmp(&v[..]),
+        (CompareTarget::Version(v), e) => e.map_or(0, |e| e.version).cmp(v),
+        (CompareTarget::Create(v), e) => e.map_or(0, |e| e.create_revision).cmp(v),
+        (CompareTarget::Mod(v), e) => e.map_or(0, |e| e.mod_revision).cmp(v),
+        (CompareTarget::Lease(v), e) => e.and_then(|e| e.lease).map_or(0, |l| l.0).cmp(&v.map_or(0, |l| l.0)),
+    };
+    match c.result {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+    }
+}
+
+fn sort_kvs(kvs: &mut [KeyValue], target: SortTarget, order: SortOrder) {
+    match target {
+        SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
+        SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+        SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
+        SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+        SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+    }
+    if order == SortOrder::Descend {
+        kvs.reverse();
+    }
+}
+
+/// One write in progress: applies changes at `revision` and remembers how to undo them.
+struct Writer<'a> {
+    st: &'a mut State,
+    revision: Revision,
+    events: Vec<Event>,
+    undo: Vec<(Bytes, Option<Entry>)>,
+}
+
+impl Writer<'_> {
+    fn set(&mut self, key: &Bytes, entry: Option<Entry>) -> Option<Entry> {
+        let old = self.st.set_entry(key, entry);
+        self.undo.push((key.clone(), old.clone()));
+        old
+    }
+
+    fn rollback(mut self) {
+        while let Some((key, old)) = self.undo.pop() {
+            self.st.set_entry(&key, old);
+        }
+    }
+
+    fn put(&mut self, req: PutRequest) -> Result<PutResponse, Error> {
+        if req.key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        let old = self.st.kv.get(&req.key[..]);
+        if (req.ignore_value || req.ignore_lease) && old.is_none() {
+            return Err(Error::KeyNotFound);
+        }
+        let lease = match (req.ignore_lease, old) {
+            (true, Some(old)) => old.lease,
+            _ => req.lease,
+        };
+        if let Some(id) = lease {
+            if !self.st.leases.contains_key(&id) {
+                return Err(Error::LeaseNotFound(id));
+            }
+        }
+        let value = match (req.ignore_value, old) {
+            (true, Some(old)) => old.value.clone(),
+            _ => req.value,
+        };
+        let entry = Entry {
+            value,
+            create_revision: old.map_or(self.revision, |o| o.create_revision),
+            mod_revision: self.revision,
+            version: old.map_or(0, |o| o.version) + 1,
+            lease,
+        };
+        let kv = entry.to_kv(&req.key);
+        let old = self.set(&req.key, Some(entry)).map(|o| o.to_kv(&req.key));
+        self.events.push(Event { kind: EventKind::Put, kv, prev_kv: old.clone() });
+        Ok(PutResponse { revision: 0, prev_kv: if req.prev_kv { old } else { None } })
+    }
+
+    fn delete(&mut self, req: &DeleteRequest) -> Result<DeleteResponse, Error> {
+        let keys: Vec<Bytes> = keys_in(&self.st.kv, &req.range).map(|(k, _)| k.clone()).collect();
+        let mut resp = DeleteResponse { deleted: keys.len(), ..Default::default() };
+        for key in keys {
+            self.delete_key(&key, req.prev_kv.then_some(&mut resp.prev_kvs));
+        }
+        Ok(resp)
+    }
+
+    fn delete_key(&mut self, key: &Bytes, prev: Option<&mut Vec<KeyValue>>) {
+        if let Some(old) = self.set(key, None) {
+            let old = old.to_kv(key);
+            if let Some(prev) = prev {
+                prev.push(old.clone());
+            }
+            let kv = KeyValue {
+                key: key.clone(),
+                value: Bytes::new(),
+                create_revision: 0,
+                mod_revision: self.revision,
+                version: 0,
+                lease: None,
+            };
+            self.events.push(Event { kind: EventKind::Delete, kv, prev_kv: Some(old) });
+        }
+    }
+
+    fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, Error> {
+        let succeeded = req.compare.iter().all(|c| self.st.compare(c));
+        let ops = if succeeded { &req.success } else { &req.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                TxnOp::Range(r) => TxnOpResponse::Range(self.st.range(r)?),
+                TxnOp::Put(p) => TxnOpResponse::Put(self.put(p.clone())?),
+                TxnOp::Delete(d) => TxnOpResponse::Delete(self.delete(d)?),
+                TxnOp::Txn(t) => TxnOpResponse::Txn(self.txn(t)?),
+            });
+        }
+        Ok(TxnResponse { revision: 0, succeeded, responses })
+    }
+
+    fn revoke(&mut self, id: LeaseId) -> Result<(), Error> {
+        let lease = self.st.leases.get(&id).ok_or(Error::LeaseNotFound(id))?;
+        let keys: Vec<Bytes> = lease.keys.iter().cloned().collect();
+        for key in &keys {
+            self.delete_key(key, None);
+        }
+        // Removing the lease is the last step, after which nothing can fail: no undo needed for it.
+        if let Some(lease) = self.st.leases.remove(&id) {
+            self.st.expiry.remove(&(lease.expires, id));
+        }
+        Ok(())
+    }
+}
+
+/// The lease-expiry task: revokes leases as their time comes. Holds only a `Weak` to the engine.
+async fn expire_leases(engine: Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(inner) = engine.upgrade() else { return };
+            let engine = Engine { inner };
+            let now = Instant::now();
+            let st = engine.state();
+            if st.closed {
+                return;
+            }
+            let due: Vec<LeaseId> =
+                st.expiry.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| *id).collect();
+            drop(st);
+            for id in due {
+                // It may have been revoked or renewed meanwhile; either way there is nothing to do then.
+                let still_due = engine.state().leases.get(&id).is_some_and(|l| l.expires <= now);
+                if still_due {
+                    let _ = engine.lease_revoke(id);
+                }
+            }
+            let next = engine.state().expiry.first().map(|(t, _)| *t);
+            next
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
