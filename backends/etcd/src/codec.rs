@@ -133,6 +133,10 @@ pub(crate) mod int {
             WireInt::Null => Ok(0),
         }
     }
+
+    pub(crate) fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
 }
 
 /// Serde adapter: a `u64` identifier (cluster, member) sent as a number or a string.
@@ -148,10 +152,6 @@ pub(crate) mod id {
             WireInt::Text(t) => t.parse().unwrap_or(0),
             WireInt::Null => 0,
         })
-    }
-
-    pub(crate) fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&v.to_string())
     }
 }
 
@@ -312,14 +312,8 @@ mod tests {
         let high = LeaseId::parse("ffffffffffffff01", true);
         assert_eq!(high.map(LeaseId::to_hex).as_deref(), Some("ffffffffffffff01"));
         // Ambiguous all-digit 16-char IDs follow the hint.
-        assert_eq!(
-            LeaseId::parse("1234567890123456", true),
-            Some(LeaseId(0x1234567890123456))
-        );
-        assert_eq!(
-            LeaseId::parse("1234567890123456", false),
-            Some(LeaseId(1234567890123456))
-        );
+        assert_eq!(LeaseId::parse("1234567890123456", true), Some(LeaseId(0x1234567890123456)));
+        assert_eq!(LeaseId::parse("1234567890123456", false), Some(LeaseId(1234567890123456)));
         assert_eq!(LeaseId::parse("bogus", false), None);
     }
 

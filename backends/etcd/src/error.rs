@@ -170,10 +170,7 @@ impl Error {
     /// Whether trying the same request again later may succeed (the server was
     /// unavailable, unreachable or slow).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Unavailable { .. } | Error::Timeout { .. } | Error::NotReachable { .. }
-        )
+        matches!(self, Error::Unavailable { .. } | Error::Timeout { .. } | Error::NotReachable { .. })
     }
 
     /// Whether the error says that the auth token is missing, invalid or expired, so that
@@ -188,31 +185,19 @@ impl Error {
     }
 
     pub(crate) fn decode(what: &str, body: &[u8], source: Option<BoxError>) -> Error {
-        Error::Decode {
-            what: what.to_string(),
-            detail: snippet(body),
-            source,
-        }
+        Error::Decode { what: what.to_string(), detail: snippet(body), source }
     }
 
     pub(crate) fn unavailable(message: impl Into<String>, source: Option<BoxError>) -> Error {
-        Error::Unavailable {
-            message: message.into(),
-            source,
-        }
+        Error::Unavailable { message: message.into(), source }
     }
 
     pub(crate) fn timeout(what: &str, after: Duration) -> Error {
-        Error::Timeout {
-            message: format!("{what} after {after:?}"),
-        }
+        Error::Timeout { message: format!("{what} after {after:?}") }
     }
 
     pub(crate) fn config(message: impl Into<String>, source: Option<BoxError>) -> Error {
-        Error::Config {
-            message: message.into(),
-            source,
-        }
+        Error::Config { message: message.into(), source }
     }
 
     /// Maps a non-2xx reply (HTTP status plus body) to an error.
@@ -252,16 +237,9 @@ impl Error {
                 9 => Error::FailedPrecondition { message },
                 11 => Error::OutOfRange { message },
                 12 => Error::Unimplemented { message },
-                14 => Error::Unavailable {
-                    message,
-                    source: None,
-                },
+                14 => Error::Unavailable { message, source: None },
                 16 => Error::Unauthenticated { message },
-                _ => Error::Http {
-                    status,
-                    code: Some(code),
-                    message,
-                },
+                _ => Error::Http { status, code: Some(code), message },
             },
             None => match status {
                 400 => Error::InvalidArgument { message },
@@ -272,15 +250,8 @@ impl Error {
                 412 => Error::FailedPrecondition { message },
                 429 => Error::ResourceExhausted { message },
                 501 => Error::Unimplemented { message },
-                502 | 503 => Error::Unavailable {
-                    message,
-                    source: None,
-                },
-                _ => Error::Http {
-                    status,
-                    code: None,
-                    message,
-                },
+                502 | 503 => Error::Unavailable { message, source: None },
+                _ => Error::Http { status, code: None, message },
             },
         }
     }
@@ -290,10 +261,7 @@ impl Error {
         let m = message.to_ascii_lowercase();
         let owned = || message.to_string();
         if m.contains("has been compacted") || m.contains("is compacted") {
-            return Some(Error::Compacted {
-                requested: 0,
-                compact_revision: 0,
-            });
+            return Some(Error::Compacted { requested: 0, compact_revision: 0 });
         }
         if m.contains("lease not found") || m.starts_with("unknown lease") {
             return Some(Error::LeaseNotFound { message: owned() });
@@ -338,7 +306,8 @@ mod tests {
     /// The bodies captured from etcd 3.4 and antietcd 1.3.1 map to the right variants.
     #[test]
     fn maps_captured_replies() {
-        let cases: &[(u16, &str, fn(&Error) -> bool)] = &[
+        type Check = fn(&Error) -> bool;
+        let cases: &[(u16, &str, Check)] = &[
             (
                 404,
                 r#"{"error":"etcdserver: requested lease not found","message":"etcdserver: requested lease not found","code":5}"#,
@@ -364,33 +333,21 @@ mod tests {
                 r#"{"error":"etcdserver: lease already exists","message":"etcdserver: lease already exists","code":9}"#,
                 |e| matches!(e, Error::FailedPrecondition { .. }),
             ),
-            (
-                500,
-                r#"{"error":"election: no leader","message":"election: no leader","code":2}"#,
-                |e| matches!(e, Error::NoLeader),
-            ),
+            (500, r#"{"error":"election: no leader","message":"election: no leader","code":2}"#, |e| {
+                matches!(e, Error::NoLeader)
+            }),
             (
                 400,
                 r#"{"error":"etcdserver: key not found","message":"etcdserver: key not found","code":3}"#,
                 |e| matches!(e, Error::KeyNotFound { .. }),
             ),
-            (503, r#"{"message":"etcdserver: no leader","code":14}"#, |e| {
-                e.is_retryable()
+            (503, r#"{"message":"etcdserver: no leader","code":14}"#, |e| e.is_retryable()),
+            (400, "unknown lease: 0123456789abcdef\n", |e| matches!(e, Error::LeaseNotFound { .. })),
+            (501, "Non-directory range queries are unsupported\n", |e| {
+                matches!(e, Error::Unimplemented { .. })
             }),
-            (400, "unknown lease: 0123456789abcdef\n", |e| {
-                matches!(e, Error::LeaseNotFound { .. })
-            }),
-            (
-                501,
-                "Non-directory range queries are unsupported\n",
-                |e| matches!(e, Error::Unimplemented { .. }),
-            ),
-            (502, "Server is stopping\n", |e| {
-                matches!(e, Error::Unavailable { .. })
-            }),
-            (405, "Method Not Allowed", |e| {
-                matches!(e, Error::Http { status: 405, .. })
-            }),
+            (502, "Server is stopping\n", |e| matches!(e, Error::Unavailable { .. })),
+            (405, "Method Not Allowed", |e| matches!(e, Error::Http { status: 405, .. })),
         ];
         for (status, body, check) in cases {
             let err = Error::from_reply(*status, body.as_bytes());

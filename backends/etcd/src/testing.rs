@@ -1,0 +1,318 @@
+//! Throwaway servers for tests (feature `testing`): a real etcd and Node antietcd 1.3.1.
+//!
+//! Each server listens on free loopback ports, keeps its data in a fresh temporary
+//! directory, is ready when `start` returns, and is killed (and its directory removed)
+//! when dropped. Both support [`kill`](EtcdServer::kill) and
+//! [`restart`](EtcdServer::restart) on the same ports, for reconnect tests.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use etcd_json::testing::EtcdServer;
+//! use etcd_json::{Client, ClientOptions};
+//! let etcd = EtcdServer::start();
+//! let client = Client::connect([etcd.endpoint()], ClientOptions::new()).await.unwrap();
+//! client.put("k", "v", None).await.unwrap();
+//! # }
+//! ```
+//!
+//! Binaries: etcd comes from `$ETCD_BIN` or `etcd` on `PATH` (Debian: `apt-get install
+//! etcd-server`); antietcd from `$ANTIETCD_NODE_DIR/node_modules/.bin/antietcd`, where the
+//! directory defaults to `<workspace>/.cache/node` (`npm install --prefix .cache/node
+//! antietcd@1.3.1`). A missing binary panics with the install command.
+//!
+//! `start` blocks the calling thread for up to 30 s while the server boots; calling it
+//! from an async test is fine.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a server gets to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A fresh, unique temporary directory.
+fn temp_dir(prefix: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A free loopback port (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
+}
+
+/// Finds a program on `PATH`.
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+}
+
+/// Sends one raw HTTP/1.0 request; returns the status code and body.
+fn http_probe(addr: SocketAddr, request: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    let status = reply.split_whitespace().nth(1)?.parse().ok()?;
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((status, body))
+}
+
+/// The last lines of a log file, for panic messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// A child process with its log file and a readiness probe.
+#[derive(Debug)]
+struct Process {
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.program.display()));
+        self.child = Some(child);
+    }
+
+    fn wait_ready(&mut self, what: &str, ready: impl Fn() -> bool) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if ready() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("{what} exited with {status} while starting; log:\n{}", log_tail(&self.log));
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("{what} not ready after {READY_TIMEOUT:?}; log:\n{}", log_tail(&self.log));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+/// A throwaway single-node etcd on loopback.
+#[derive(Debug)]
+pub struct EtcdServer {
+    dir: PathBuf,
+    client_addr: SocketAddr,
+    process: Process,
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until `/health` answers.
+    pub fn start() -> EtcdServer {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts etcd with extra command-line flags (e.g.
+    /// `--experimental-watch-progress-notify-interval=1s`).
+    pub fn start_with_args(extra: &[&str]) -> EtcdServer {
+        let program = match std::env::var_os("ETCD_BIN") {
+            Some(bin) => PathBuf::from(bin),
+            None => which("etcd")
+                .unwrap_or_else(|| panic!("etcd not found: apt-get install etcd-server (or set ETCD_BIN)")),
+        };
+        let dir = temp_dir("etcd-json-etcd");
+        let client_port = free_port();
+        let peer_port = free_port();
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut args: Vec<String> = vec![
+            "--name=test".into(),
+            format!("--data-dir={}", dir.join("data").display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=test={peer_url}"),
+            "--initial-cluster-state=new".into(),
+            "--logger=zap".into(),
+            "--log-outputs=stderr".into(),
+            "--log-level=warn".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut server = EtcdServer {
+            process: Process { program, args, log: dir.join("etcd.log"), child: None },
+            dir,
+            client_addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
+        };
+        server.boot();
+        server
+    }
+
+    fn boot(&mut self) {
+        self.process.spawn();
+        let addr = self.client_addr;
+        self.process.wait_ready("etcd", || {
+            matches!(
+                http_probe(addr, "GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n"),
+                Some((200, body)) if body.contains("true")
+            )
+        });
+    }
+
+    /// The client URL, `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.client_addr)
+    }
+
+    /// The client address.
+    pub fn addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The temporary directory (data in `data/`, log in `etcd.log`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kills the server (SIGKILL); the data stays for [`EtcdServer::restart`].
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Kills the server if it runs, starts it again on the same ports and data, and waits
+    /// until it is ready.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.boot();
+    }
+
+    /// Whether the server process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.process.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A throwaway Node antietcd 1.3.1 (in memory) on loopback.
+#[derive(Debug)]
+pub struct NodeAntietcd {
+    dir: PathBuf,
+    addr: SocketAddr,
+    process: Process,
+}
+
+impl NodeAntietcd {
+    /// Starts antietcd and waits until `/v3/maintenance/status` answers.
+    pub fn start() -> NodeAntietcd {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts antietcd with extra command-line options (e.g. `--compact_revisions`, `5`).
+    pub fn start_with_args(extra: &[&str]) -> NodeAntietcd {
+        let node_dir = match std::env::var_os("ANTIETCD_NODE_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/node"),
+        };
+        let program = node_dir.join("node_modules/.bin/antietcd");
+        if !program.is_file() {
+            panic!(
+                "antietcd not found at {}: run: npm install --prefix .cache/node antietcd@1.3.1 \
+                 (in the workspace root, or set ANTIETCD_NODE_DIR)",
+                program.display()
+            );
+        }
+        let dir = temp_dir("etcd-json-antietcd");
+        let port = free_port();
+        let mut args: Vec<String> =
+            vec!["--port".into(), port.to_string(), "--ip".into(), "127.0.0.1".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut server = NodeAntietcd {
+            process: Process { program, args, log: dir.join("antietcd.log"), child: None },
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        server.boot();
+        server
+    }
+
+    fn boot(&mut self) {
+        self.process.spawn();
+        let addr = self.addr;
+        self.process.wait_ready("antietcd", || {
+            let request = "POST /v3/maintenance/status HTTP/1.0\r\nHost: localhost\r\n\
+                           Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+            matches!(http_probe(addr, request), Some((200, _)))
+        });
+    }
+
+    /// The client URL, `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Kills the server. Its data (in memory) is lost.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Kills the server if it runs and starts it again on the same port (empty).
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.boot();
+    }
+}
+
+impl Drop for NodeAntietcd {
+    fn drop(&mut self) {
+        self.process.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
