@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Behaviour of the engine's in-process API: revisions, ranges, transactions (all or nothing), leases on
 //! paused time, compaction and watches (history replay, ordering, lagging).
 
@@ -74,7 +75,11 @@ async fn ranges() {
     assert_eq!(keys(&r), ["b/2", "b/10", "b/1"]);
     assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
     let r = e
-        .range(&RangeRequest { min_mod_revision: 7, max_mod_revision: 7, ..RangeRequest::new(KeyRange::all()) })
+        .range(&RangeRequest {
+            min_mod_revision: 7,
+            max_mod_revision: 7,
+            ..RangeRequest::new(KeyRange::all())
+        })
         .unwrap();
     assert_eq!(keys(&r), ["b0"]);
     assert!(matches!(
@@ -94,9 +99,12 @@ async fn txn_compares() {
     let e = engine();
     put(&e, "k", "m"); // rev 1, version 1
     let check = |target: CompareTarget, result: CompareResult, key: &str| {
-        e.txn(&TxnRequest { compare: vec![Compare::new(key.to_owned(), result, target)], ..Default::default() })
-            .unwrap()
-            .succeeded
+        e.txn(&TxnRequest {
+            compare: vec![Compare::new(key.to_owned(), result, target)],
+            ..Default::default()
+        })
+        .unwrap()
+        .succeeded
     };
     use CompareResult::*;
     use CompareTarget::*;
@@ -120,7 +128,9 @@ async fn txn_compares() {
     put(&e, "r/1", "1");
     put(&e, "r/2", "2");
     let all_version_1 = Compare { range: KeyRange::prefix("r/"), result: Equal, target: Version(1) };
-    assert!(e.txn(&TxnRequest { compare: vec![all_version_1.clone()], ..Default::default() }).unwrap().succeeded);
+    assert!(
+        e.txn(&TxnRequest { compare: vec![all_version_1.clone()], ..Default::default() }).unwrap().succeeded
+    );
     put(&e, "r/2", "22");
     assert!(!e.txn(&TxnRequest { compare: vec![all_version_1], ..Default::default() }).unwrap().succeeded);
 }
@@ -156,7 +166,10 @@ async fn txn_is_all_or_nothing() {
             TxnOp::Put(PutRequest::new("a", "1")),
             TxnOp::Put(PutRequest::new("a", "2")),
             TxnOp::Range(RangeRequest::new(KeyRange::key("a"))),
-            TxnOp::Txn(TxnRequest { success: vec![TxnOp::Put(PutRequest::new("b", "1"))], ..Default::default() }),
+            TxnOp::Txn(TxnRequest {
+                success: vec![TxnOp::Put(PutRequest::new("b", "1"))],
+                ..Default::default()
+            }),
         ],
         failure: vec![],
     };
@@ -213,9 +226,14 @@ async fn watch_history_and_compaction() {
     put(&e, "other", "1"); // 2
     put(&e, "w/b", "1"); // 3
     e.delete_range(&DeleteRequest { range: KeyRange::key("w/a"), prev_kv: false }).unwrap(); // 4
-    let mut w =
-        e.watch(WatchRequest { range: KeyRange::prefix("w/"), start_revision: 2, prev_kv: true, ..Default::default() })
-            .unwrap();
+    let mut w = e
+        .watch(WatchRequest {
+            range: KeyRange::prefix("w/"),
+            start_revision: 2,
+            prev_kv: true,
+            ..Default::default()
+        })
+        .unwrap();
     put(&e, "w/c", "1"); // 5
     let revs: Vec<(Revision, EventKind)> = (0..3)
         .map(|_| futures::executor::block_on(w.next()).unwrap().unwrap())
@@ -227,7 +245,9 @@ async fn watch_history_and_compaction() {
         e.watch(WatchRequest { range: KeyRange::all(), start_revision: 3, ..Default::default() }).err(),
         Some(Error::Compacted { requested: 3, compact_revision: 4 })
     );
-    assert!(e.watch(WatchRequest { range: KeyRange::all(), start_revision: 4, ..Default::default() }).is_ok());
+    assert!(e
+        .watch(WatchRequest { range: KeyRange::all(), start_revision: 4, ..Default::default() })
+        .is_ok());
     assert!(matches!(e.compact(4), Err(Error::Compacted { .. })));
     assert!(matches!(e.compact(9), Err(Error::FutureRevision { .. })));
 }
@@ -240,8 +260,12 @@ async fn automatic_compaction() {
         put(&e, "k", &i.to_string());
     }
     assert_eq!(e.status().compact_revision, 11);
-    assert!(e.watch(WatchRequest { range: KeyRange::all(), start_revision: 11, ..Default::default() }).is_ok());
-    assert!(e.watch(WatchRequest { range: KeyRange::all(), start_revision: 10, ..Default::default() }).is_err());
+    assert!(e
+        .watch(WatchRequest { range: KeyRange::all(), start_revision: 11, ..Default::default() })
+        .is_ok());
+    assert!(e
+        .watch(WatchRequest { range: KeyRange::all(), start_revision: 10, ..Default::default() })
+        .is_err());
 }
 
 /// Filters drop event kinds; prev_kv carries the previous value; a single-key watch ignores its neighbours.
@@ -249,7 +273,12 @@ async fn automatic_compaction() {
 async fn watch_filters() {
     let e = engine();
     let mut puts_only = e
-        .watch(WatchRequest { range: KeyRange::key("k"), no_delete: true, prev_kv: true, ..Default::default() })
+        .watch(WatchRequest {
+            range: KeyRange::key("k"),
+            no_delete: true,
+            prev_kv: true,
+            ..Default::default()
+        })
         .unwrap();
     let mut deletes_only =
         e.watch(WatchRequest { range: KeyRange::key("k"), no_put: true, ..Default::default() }).unwrap();

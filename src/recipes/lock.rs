@@ -1,0 +1,169 @@
+//! A distributed lock with a FIFO queue, a lost signal and fencing tokens, over any [`Store`].
+//!
+//! Each acquisition takes a lease (renewed in the background) and enqueues a waiter key
+//! `<key>___lock/<lease id>` attached to it with a create-only put; the waiter's revision is its place in
+//! the queue. The waiter with the lowest revision holds the lock; every other one watches its
+//! predecessor's key and re-checks when it goes. A holder that dies stops renewing: its lease expires, its
+//! waiter key goes, and the next waiter moves up within the TTL.
+//!
+//! The fencing token is the waiter's revision: it is larger for every later acquisition, so a resource
+//! that remembers the largest token it has seen can refuse a holder that lost the lock without knowing.
+
+use crate::backend::LOCK_SUFFIX;
+use crate::error::{Error, Result};
+use crate::kv::EventKind;
+use crate::lease::{Lease, Lost};
+use crate::options::{LockOptions, WriteOptions};
+use crate::store::Store;
+use futures::StreamExt;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A lock on one key, from [`Store::new_lock`]. Not held until [`Lock::lock`] succeeds.
+///
+/// One `Lock` can be locked and unlocked many times; two `Lock`s on the same key (in this process or
+/// another) exclude each other.
+#[derive(Debug)]
+pub struct Lock {
+    store: Arc<dyn Store>,
+    key: String,
+    options: LockOptions,
+    held: tokio::sync::Mutex<Option<Held>>,
+}
+
+#[derive(Debug)]
+struct Held {
+    lease: Lease,
+    token: u64,
+    lost: Lost,
+    /// Fires `lost` when the lease or the waiter key goes; aborted on unlock.
+    monitor: JoinHandle<()>,
+}
+
+/// What [`Lock::lock`] returns while the lock is held.
+#[derive(Clone, Debug)]
+pub struct LockHeld {
+    token: u64,
+    lost: Lost,
+}
+
+impl LockHeld {
+    /// The fencing token of this acquisition: larger than that of any earlier acquisition of this lock.
+    pub fn fencing_token(&self) -> u64 {
+        self.token
+    }
+
+    /// A signal that fires if the lock is lost before [`Lock::unlock`] (the lease could not be renewed,
+    /// was revoked, or the store closed).
+    pub fn lost(&self) -> Lost {
+        self.lost.clone()
+    }
+}
+
+impl Lock {
+    pub(crate) fn new(store: Arc<dyn Store>, key: &str, options: LockOptions) -> Lock {
+        Lock { store, key: key.to_owned(), options, held: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The lock's key (which receives the value when the lock is acquired).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Waits until the lock is acquired, then writes the lock's value to its key.
+    ///
+    /// If the lock is already held through this `Lock`, returns the current acquisition. To give up
+    /// waiting, drop the future (e.g. with [`tokio::time::timeout`]): the place in the queue is released.
+    pub async fn lock(&self) -> Result<LockHeld> {
+        let mut held = self.held.lock().await;
+        if let Some(h) = held.as_ref() {
+            if !h.lost.is_lost() {
+                return Ok(LockHeld { token: h.token, lost: h.lost.clone() });
+            }
+        }
+        if let Some(old) = held.take() {
+            old.monitor.abort();
+        }
+        let queue = format!("{}{LOCK_SUFFIX}", self.key);
+        let lease = self.store.grant_lease(self.options.ttl).await?;
+        let waiter = format!("{queue}/{:016x}", lease.id().0);
+        let with_lease = Some(WriteOptions::new().with_lease(lease.id()));
+        // From here on, dropping this future drops `lease`, which revokes it and removes the waiter key.
+        let me = self.store.atomic_put(&waiter, b"", None, with_lease.clone()).await?;
+        let mut lease_lost = lease.lost();
+        loop {
+            let waiters = match self.store.list(&queue, None).await {
+                Ok(w) => w,
+                Err(Error::KeyNotFound { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            if !waiters.iter().any(|w| w.key == waiter) {
+                return Err(Error::CannotLock {
+                    key: self.key.clone(),
+                    source: Some(Box::new(Error::LeaseNotFound)),
+                });
+            }
+            let Some(before) =
+                waiters.iter().filter(|w| w.last_index < me.last_index).max_by_key(|w| w.last_index)
+            else {
+                break;
+            };
+            // Wait for the waiter just before us to go. The watch starts with its current state, so if it
+            // went meanwhile we see a delete at once.
+            let mut events = self.store.watch(&before.key, None).await?;
+            loop {
+                tokio::select! {
+                    ev = events.next() => match ev {
+                        Some(Ok(ev)) if ev.kind == EventKind::Delete => break,
+                        Some(Ok(_)) => {}
+                        Some(Err(Error::Lagged | Error::Compacted { .. })) => {}
+                        Some(Err(e)) => return Err(e),
+                        None => return Err(Error::Closed),
+                    },
+                    _ = lease_lost.wait() => {
+                        return Err(Error::CannotLock { key: self.key.clone(), source: Some(Box::new(Error::LeaseNotFound)) });
+                    }
+                }
+            }
+        }
+        let value_options = if self.options.delete_on_unlock { with_lease } else { None };
+        self.store.put(&self.key, &self.options.value, value_options).await?;
+        let (tx, rx) = watch::channel(false);
+        let lost = Lost::from_receiver(rx);
+        let monitor = tokio::spawn(monitor(self.store.clone(), waiter, lease.lost(), tx));
+        let token = me.last_index;
+        *held = Some(Held { lease, token, lost: lost.clone(), monitor });
+        Ok(LockHeld { token, lost })
+    }
+
+    /// Releases the lock (deleting its value first with `delete_on_unlock`). Does nothing if not held.
+    pub async fn unlock(&self) -> Result<()> {
+        let Some(held) = self.held.lock().await.take() else { return Ok(()) };
+        held.monitor.abort();
+        if self.options.delete_on_unlock {
+            match self.store.delete(&self.key).await {
+                Ok(()) | Err(Error::KeyNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        held.lease.revoke().await
+    }
+}
+
+/// Fires `lost` when the lease is lost or the waiter key disappears (deleted by someone else).
+async fn monitor(store: Arc<dyn Store>, waiter: String, mut lease_lost: Lost, lost: watch::Sender<bool>) {
+    let waiter_gone = async {
+        let Ok(mut events) = store.watch(&waiter, None).await else { return };
+        while let Some(ev) = events.next().await {
+            if matches!(ev, Ok(ev) if ev.kind == EventKind::Delete) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = lease_lost.wait() => {}
+        _ = waiter_gone => {}
+    }
+    let _ = lost.send(true);
+}

@@ -1,0 +1,269 @@
+//! Store URLs: `scheme://endpoints/path?parameters`, parsed into a [`StoreUrl`] and opened by [`open`].
+//!
+//! | URL | backend |
+//! |---|---|
+//! | `embedded://` | an in-memory antietcd engine inside this process |
+//! | `etcd://host:port[,host:port…]`, `etcds://…` | etcd over its v3 JSON API (HTTP / HTTPS) |
+//! | `antietcd://host:port[,host:port…]`, `antietcds://…` | an antietcd server (ours or Node's) |
+//!
+//! Parameters every backend takes: `prefix=/app` (every key of the store lives under `/app/`).
+//! The embedded backend also takes `compact_revisions=N` (history kept for watches) and
+//! `watch_capacity=N` (batches a watch consumer may fall behind before it gets `Lagged`).
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+use std::sync::Arc;
+
+/// The backend a URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Scheme {
+    /// `embedded://`
+    Embedded,
+    /// `etcd://`
+    Etcd,
+    /// `etcds://` (TLS)
+    Etcds,
+    /// `antietcd://`
+    Antietcd,
+    /// `antietcds://` (TLS)
+    Antietcds,
+}
+
+const SUPPORTED: &str = "embedded, etcd, etcds, antietcd, antietcds";
+
+impl Scheme {
+    fn parse(s: &str) -> Option<Scheme> {
+        Some(match s {
+            "embedded" => Scheme::Embedded,
+            "etcd" => Scheme::Etcd,
+            "etcds" => Scheme::Etcds,
+            "antietcd" => Scheme::Antietcd,
+            "antietcds" => Scheme::Antietcds,
+            _ => return None,
+        })
+    }
+
+    /// The scheme as written in URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Embedded => "embedded",
+            Scheme::Etcd => "etcd",
+            Scheme::Etcds => "etcds",
+            Scheme::Antietcd => "antietcd",
+            Scheme::Antietcds => "antietcds",
+        }
+    }
+}
+
+/// A parsed store URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreUrl {
+    /// The backend.
+    pub scheme: Scheme,
+    /// `host:port` endpoints, in the order given.
+    pub endpoints: Vec<String>,
+    /// The path after the endpoints (`""` if none), percent-decoded.
+    pub path: String,
+    /// Query parameters in order, percent-decoded; each name at most once.
+    pub params: Vec<(String, String)>,
+}
+
+impl StoreUrl {
+    /// Parses `url`. Checks the syntax, the scheme and the endpoints; parameters are checked by the backend.
+    pub fn parse(url: &str) -> Result<StoreUrl> {
+        let bad = |reason: &str| Error::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected scheme://..."))?;
+        let scheme_lc = scheme.to_ascii_lowercase();
+        let scheme = Scheme::parse(&scheme_lc)
+            .ok_or(Error::UnknownScheme { scheme: scheme_lc.clone(), supported: SUPPORTED })?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        if rest.contains('#') || query.is_some_and(|q| q.contains('#')) {
+            return Err(bad("fragments (#) are not allowed"));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let mut endpoints = Vec::new();
+        for ep in authority.split(',').filter(|e| !e.is_empty()) {
+            let (host, port) =
+                ep.rsplit_once(':').ok_or_else(|| bad(&format!("endpoint {ep:?} needs host:port")))?;
+            if host.is_empty() || host.contains(['@', ' ']) {
+                return Err(bad(&format!("endpoint {ep:?} has an invalid host")));
+            }
+            if port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(bad(&format!("endpoint {ep:?} has an invalid port")));
+            }
+            endpoints.push(ep.to_owned());
+        }
+        let path = percent_decode(path).map_err(|r| bad(&r))?;
+        let mut params: Vec<(String, String)> = Vec::new();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = percent_decode(name).map_err(|r| bad(&r))?;
+            let value = percent_decode(value).map_err(|r| bad(&r))?;
+            if params.iter().any(|(n, _)| *n == name) {
+                return Err(bad(&format!("parameter {name:?} given twice")));
+            }
+            params.push((name, value));
+        }
+        Ok(StoreUrl { scheme, endpoints, path, params })
+    }
+
+    /// The value of parameter `name`, if given.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Fails on the first parameter not in `known`.
+    fn check_params(&self, backend: &'static str, known: &[&str]) -> Result<()> {
+        match self.params.iter().find(|(n, _)| !known.contains(&n.as_str())) {
+            Some((name, _)) => Err(Error::UnknownParameter { name: name.clone(), backend }),
+            None => Ok(()),
+        }
+    }
+
+    /// Parameter `name` parsed as a number in `range`, or `default`.
+    fn number<T>(&self, name: &str, default: T, range: std::ops::RangeInclusive<T>) -> Result<T>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let Some(v) = self.param(name) else { return Ok(default) };
+        match v.parse::<T>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(Error::InvalidParameter {
+                name: name.to_owned(),
+                value: v.to_owned(),
+                reason: format!("expected a whole number from {} to {}", range.start(), range.end()),
+            }),
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> std::result::Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or("bad percent-encoding")?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "percent-encoding is not UTF-8".to_owned())
+}
+
+/// Opens the store `url` names (see the [module docs](self) for the schemes and parameters).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> valkeyrie::Result<()> {
+/// let store = valkeyrie::open("embedded://?prefix=/myapp").await?;
+/// store.put("greeting", b"hello", None).await?;
+/// assert_eq!(store.get("greeting", None).await?.value, b"hello");
+/// # Ok(()) }
+/// ```
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    let u = StoreUrl::parse(url)?;
+    let prefix = u.param("prefix").unwrap_or("").to_owned();
+    match u.scheme {
+        Scheme::Embedded => {
+            u.check_params("embedded", &["prefix", "compact_revisions", "watch_capacity"])?;
+            if !u.endpoints.is_empty() {
+                return Err(Error::InvalidUrl {
+                    url: url.to_owned(),
+                    reason: "embedded:// takes no host (embedded:// or embedded:///path/to/file)".to_owned(),
+                });
+            }
+            if !u.path.is_empty() && u.path != "/" {
+                return Err(Error::CallNotSupported {
+                    call: "persistent embedded store",
+                    backend: "embedded",
+                });
+            }
+            let config = antietcd::Config::default()
+                .with_compact_revisions(u.number("compact_revisions", 1000, 0..=i64::MAX)?)
+                .with_watch_capacity(u.number("watch_capacity", 4096, 1..=1 << 24)?);
+            crate::backend::embedded::open(config, &prefix)
+        }
+        s => Err(Error::CallNotSupported { call: "open", backend: s.as_str() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parsing of every URL shape, good and bad.
+    #[test]
+    fn parse_table() {
+        let ok: &[(&str, Scheme, &[&str], &str, &[(&str, &str)])] = &[
+            ("embedded://", Scheme::Embedded, &[], "", &[]),
+            ("EMBEDDED://", Scheme::Embedded, &[], "", &[]),
+            ("embedded:///var/lib/app.db", Scheme::Embedded, &[], "/var/lib/app.db", &[]),
+            ("embedded://?prefix=/myapp", Scheme::Embedded, &[], "", &[("prefix", "/myapp")]),
+            ("embedded://?prefix=%2Fa%20b&x", Scheme::Embedded, &[], "", &[("prefix", "/a b"), ("x", "")]),
+            ("etcd://127.0.0.1:2379", Scheme::Etcd, &["127.0.0.1:2379"], "", &[]),
+            ("etcd://a:1,b:2/", Scheme::Etcd, &["a:1", "b:2"], "/", &[]),
+            ("etcds://h:2379?timeout=5s", Scheme::Etcds, &["h:2379"], "", &[("timeout", "5s")]),
+            ("antietcd://[::1]:2379", Scheme::Antietcd, &["[::1]:2379"], "", &[]),
+            ("antietcds://n1:1,n2:2,n3:3", Scheme::Antietcds, &["n1:1", "n2:2", "n3:3"], "", &[]),
+        ];
+        for (url, scheme, endpoints, path, params) in ok {
+            let u = StoreUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(u.scheme, *scheme, "{url}");
+            assert_eq!(u.endpoints, *endpoints, "{url}");
+            assert_eq!(u.path, *path, "{url}");
+            let params: Vec<(String, String)> =
+                params.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+            assert_eq!(u.params, params, "{url}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("", "InvalidUrl"),
+            ("embedded", "InvalidUrl"),
+            ("consul://h:1", "UnknownScheme"),
+            ("etcd://host", "InvalidUrl"),
+            ("etcd://host:99999", "InvalidUrl"),
+            ("etcd://host:0", "InvalidUrl"),
+            ("etcd://:2379", "InvalidUrl"),
+            ("etcd://user@h:1", "InvalidUrl"),
+            ("etcd://h:1?a=1&a=2", "InvalidUrl"),
+            ("etcd://h:1?a=%zz", "InvalidUrl"),
+            ("etcd://h:1?a=%ff", "InvalidUrl"),
+            ("etcd://h:1#frag", "InvalidUrl"),
+        ];
+        for (url, kind) in bad {
+            let e = StoreUrl::parse(url).expect_err(url);
+            assert!(format!("{e:?}").starts_with(kind), "{url}: {e:?}");
+        }
+    }
+
+    /// What `open` refuses, with the typed error naming the problem.
+    #[tokio::test]
+    async fn open_errors() {
+        let cases: &[(&str, &str)] = &[
+            ("embedded://?bogus=1", "UnknownParameter"),
+            ("embedded://?compact_revisions=-1", "InvalidParameter"),
+            ("embedded://?watch_capacity=0", "InvalidParameter"),
+            ("embedded://?watch_capacity=lots", "InvalidParameter"),
+            ("embedded://host:1", "InvalidUrl"),
+            ("redis://h:1", "UnknownScheme"),
+        ];
+        for (url, kind) in cases {
+            let e = open(url).await.expect_err(url);
+            assert!(format!("{e:?}").starts_with(kind), "{url}: {e:?}");
+        }
+        let store = open("embedded://?prefix=/x&compact_revisions=10&watch_capacity=8").await.unwrap();
+        assert_eq!(store.backend(), "embedded");
+    }
+}
