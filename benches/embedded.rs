@@ -7,7 +7,6 @@
 
 use futures::StreamExt;
 use std::time::{Duration, Instant};
-use valkeyrie::Store;
 
 struct Row {
     name: &'static str,

@@ -34,7 +34,7 @@
 //!   options (`options.rs`); the one [`Error`] enum (`error.rs`); [`open`] and [`StoreUrl`] (`url.rs`).
 //! - `backend/`: the valkeyrie semantics written once over an etcd-shaped internal trait, and thin
 //!   adapters mapping each backend's native types and errors onto it.
-//! - [`recipes`]: coordination recipes over any `Store` ([`Lock`](recipes::lock::Lock)).
+//! - [`recipes`]: coordination recipes over any `Store` ([`Lock`]).
 //! - [`embedded`]: extra handles on an in-process engine.
 
 mod backend;

@@ -163,7 +163,18 @@ fn percent_decode(s: &str) -> std::result::Result<String, String> {
     String::from_utf8(out).map_err(|_| "percent-encoding is not UTF-8".to_owned())
 }
 
-/// Opens the store `url` names (see the [module docs](self) for the schemes and parameters).
+/// Opens the store `url` names.
+///
+/// | URL | backend |
+/// |---|---|
+/// | `embedded://` | an in-memory antietcd engine inside this process |
+/// | `etcd://host:port[,host:port…]`, `etcds://…` | etcd over its v3 JSON API (HTTP / HTTPS) |
+/// | `antietcd://host:port[,host:port…]`, `antietcds://…` | an antietcd server (ours or Node's) |
+///
+/// Every backend takes `prefix=/app` (all keys of the store live under `/app/`). The embedded backend
+/// also takes `compact_revisions=N` (revisions of history kept for watches, default 1000) and
+/// `watch_capacity=N` (batches a watch consumer may fall behind before it gets
+/// [`Error::Lagged`], default 4096). Unknown parameters and bad values are typed errors.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -204,10 +215,19 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 mod tests {
     use super::*;
 
+    /// url, scheme, endpoints, path, params
+    type Case = (
+        &'static str,
+        Scheme,
+        &'static [&'static str],
+        &'static str,
+        &'static [(&'static str, &'static str)],
+    );
+
     /// Parsing of every URL shape, good and bad.
     #[test]
     fn parse_table() {
-        let ok: &[(&str, Scheme, &[&str], &str, &[(&str, &str)])] = &[
+        let ok: &[Case] = &[
             ("embedded://", Scheme::Embedded, &[], "", &[]),
             ("EMBEDDED://", Scheme::Embedded, &[], "", &[]),
             ("embedded:///var/lib/app.db", Scheme::Embedded, &[], "/var/lib/app.db", &[]),

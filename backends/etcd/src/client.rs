@@ -227,8 +227,26 @@ pub(crate) struct Inner {
 enum Attempt {
     /// Could not connect: safe to try another endpoint.
     Connect(BoxError),
+    /// The connection broke after the request was (maybe) sent.
+    Broken(Error),
     /// Anything else: the error to report (or to fail over on, if retryable by status).
     Failed(Error),
+}
+
+/// Whether sending a request twice is harmless (reads, renewals, authentication).
+fn is_idempotent(path: &str) -> bool {
+    matches!(
+        path,
+        "/v3/kv/range"
+            | "/v3/maintenance/status"
+            | "/v3/cluster/member/list"
+            | "/v3/lease/timetolive"
+            | "/v3/lease/leases"
+            | "/v3/lease/keepalive"
+            | "/v3/election/leader"
+            | "/v3/lock/unlock"
+            | "/v3/auth/authenticate"
+    )
 }
 
 impl Client {
@@ -391,7 +409,13 @@ impl Client {
     ) -> Result<Bytes> {
         let mut last_connect_error: Option<BoxError> = None;
         let mut last_unavailable: Option<Error> = None;
-        for index in self.endpoint_order() {
+        let mut server_unavailable: Option<Error> = None;
+        let mut order: std::collections::VecDeque<usize> = self.endpoint_order().into();
+        // A read may be sent again when its connection broke mid-request (typically a
+        // pooled connection that the server closed or a server that just died); a write
+        // may not, since the server may have applied it.
+        let mut resend_budget = usize::from(is_idempotent(path));
+        while let Some(index) = order.pop_front() {
             match self.send_once(index, path, body.clone(), timeout, token.as_deref()).await {
                 Ok(reply) => {
                     self.mark_good(index);
@@ -401,20 +425,32 @@ impl Client {
                     tracing::debug!(endpoint = %self.inner.endpoints[index], error = %e, "cannot connect");
                     last_connect_error = Some(e);
                 }
+                Err(Attempt::Broken(e)) if resend_budget > 0 => {
+                    tracing::debug!(endpoint = %self.inner.endpoints[index], error = %e, "connection broke, sending again");
+                    resend_budget -= 1;
+                    order.push_front(index);
+                    last_unavailable = Some(e);
+                }
+                Err(Attempt::Broken(e)) => return Err(e),
                 Err(Attempt::Failed(e @ Error::Unavailable { .. })) => {
                     tracing::debug!(endpoint = %self.inner.endpoints[index], error = %e, "unavailable");
-                    last_unavailable = Some(e);
+                    server_unavailable = Some(e);
                 }
                 Err(Attempt::Failed(e)) => return Err(e),
             }
         }
-        if let Some(e) = last_unavailable {
+        // A server that answered "unavailable" says more than a refused connection.
+        if let Some(e) = server_unavailable {
             return Err(e);
         }
-        Err(Error::NotReachable {
-            endpoints: self.inner.endpoints.clone(),
-            source: last_connect_error.unwrap_or_else(|| "no endpoint".into()),
-        })
+        match (last_connect_error, last_unavailable) {
+            (Some(source), _) => Err(Error::NotReachable { endpoints: self.inner.endpoints.clone(), source }),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(Error::NotReachable {
+                endpoints: self.inner.endpoints.clone(),
+                source: "no endpoint".into(),
+            }),
+        }
     }
 
     async fn send_once(
@@ -565,7 +601,7 @@ fn classify(e: reqwest::Error, path: &str, timeout: Option<Duration>) -> Attempt
     } else if e.is_timeout() {
         Attempt::Failed(Error::timeout(path, timeout.unwrap_or_default()))
     } else {
-        Attempt::Failed(Error::unavailable(
+        Attempt::Broken(Error::unavailable(
             format!("{path}: the connection failed during the request"),
             Some(Box::new(e)),
         ))
