@@ -728,7 +728,7 @@ impl Client {
     ///
     /// Returns once the server confirmed the watch: every change after
     /// [`WatchStream::created_revision`] (or from the start revision) will be delivered.
-    /// A compacted start revision is [`Error::Compacted`], here or as the stream's item.
+    /// A compacted start revision is the stream's last item, [`Error::Compacted`].
     pub async fn watch(&self, key: impl Into<Vec<u8>>, options: Option<WatchOptions>) -> Result<WatchStream> {
         let options = options.unwrap_or_default();
         let (key, range_end) = options.spec.resolve(key.into());
