@@ -569,13 +569,42 @@ impl Client {
         key: impl Into<Vec<u8>>,
         options: Option<DeleteOptions>,
     ) -> Result<DeleteResponse> {
-        let mut request = options.unwrap_or_default().to_wire(key.into());
-        if self.flavour().is_antietcd() && kv::antietcd_range(&mut request.key, &mut request.range_end) {
-            return Err(Error::Unimplemented {
-                message: "antietcd deletes only single keys and directory prefixes (\"dir/\")".into(),
-            });
+        let options = options.unwrap_or_default();
+        let mut request = options.to_wire(key.into());
+        if self.flavour().is_antietcd() && !request.range_end.is_empty() {
+            if kv::antietcd_range(&mut request.key, &mut request.range_end) {
+                return Err(Error::Unimplemented {
+                    message: "antietcd deletes only single keys and directory prefixes (\"dir/\")".into(),
+                });
+            }
+            // antietcd's subtree delete of "/dir/" also deletes the key "/dir" itself. When
+            // that key exists, delete the range's keys one by one in a transaction instead
+            // (atomic, but keys created between the listing and the transaction survive).
+            if let Some(dir) = request.key.strip_suffix(b"/").filter(|d| !d.is_empty()) {
+                if self.get(dir.to_vec()).await?.is_some() {
+                    return self.antietcd_delete_listed(&request, options.prev_kv).await;
+                }
+            }
         }
         self.call("/v3/kv/deleterange", &request).await
+    }
+
+    async fn antietcd_delete_listed(
+        &self,
+        request: &kv::DeleteRequest,
+        prev_kv: bool,
+    ) -> Result<DeleteResponse> {
+        let listed = self
+            .range(request.key.clone(), Some(RangeOptions::new().with_range_end(request.range_end.clone())))
+            .await?;
+        let ops = listed.kvs.iter().map(|kv| crate::txn::TxnOp::delete(kv.key.clone(), None));
+        let reply = self.txn(Txn::new().and_then(ops)).await?;
+        let deleted = reply.responses.iter().filter_map(|r| r.as_delete()).map(|d| d.deleted).sum();
+        Ok(DeleteResponse {
+            header: reply.header,
+            deleted,
+            prev_kvs: if prev_kv { listed.kvs } else { Vec::new() },
+        })
     }
 
     /// Runs a transaction.
