@@ -34,11 +34,19 @@ pub struct Lock {
 
 #[derive(Debug)]
 struct Held {
-    lease: Lease,
+    /// `None` only while `unlock` revokes it.
+    lease: Option<Lease>,
     token: u64,
     lost: Lost,
     /// Fires `lost` when the lease or the waiter key goes; aborted on unlock.
     monitor: JoinHandle<()>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Dropping the lease below stops renewal and revokes it; the monitor has nothing left to watch.
+        self.monitor.abort();
+    }
 }
 
 /// What [`Lock::lock`] returns while the lock is held.
@@ -82,9 +90,8 @@ impl Lock {
                 return Ok(LockHeld { token: h.token, lost: h.lost.clone() });
             }
         }
-        if let Some(old) = held.take() {
-            old.monitor.abort();
-        }
+        // A lost acquisition is dropped (its monitor stops, its lease is revoked) before trying again.
+        held.take();
         let queue = format!("{}{LOCK_SUFFIX}", self.key);
         let lease = self.store.grant_lease(self.options.ttl).await?;
         let waiter = format!("{queue}/{:016x}", lease.id().0);
@@ -133,21 +140,23 @@ impl Lock {
         let lost = Lost::from_receiver(rx);
         let monitor = tokio::spawn(monitor(self.store.clone(), waiter, lease.lost(), tx));
         let token = me.last_index;
-        *held = Some(Held { lease, token, lost: lost.clone(), monitor });
+        *held = Some(Held { lease: Some(lease), token, lost: lost.clone(), monitor });
         Ok(LockHeld { token, lost })
     }
 
     /// Releases the lock (deleting its value first with `delete_on_unlock`). Does nothing if not held.
     pub async fn unlock(&self) -> Result<()> {
-        let Some(held) = self.held.lock().await.take() else { return Ok(()) };
-        held.monitor.abort();
+        let Some(mut held) = self.held.lock().await.take() else { return Ok(()) };
         if self.options.delete_on_unlock {
             match self.store.delete(&self.key).await {
                 Ok(()) | Err(Error::KeyNotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        held.lease.revoke().await
+        match held.lease.take() {
+            Some(lease) => lease.revoke().await,
+            None => Ok(()),
+        }
     }
 }
 
