@@ -135,11 +135,63 @@ impl Process {
     }
 }
 
+/// PEM files for a TLS test: a CA, a server certificate for `127.0.0.1`/`localhost` and
+/// a client certificate, all signed by the CA.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The server certificate.
+    pub server_cert: PathBuf,
+    /// The server's private key.
+    pub server_key: PathBuf,
+    /// The client certificate.
+    pub client_cert: PathBuf,
+    /// The client's private key.
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Generates fresh files in `dir` with the `openssl` command (panics when missing:
+    /// `apt-get install openssl`).
+    pub fn generate(dir: &Path) -> TlsFiles {
+        std::fs::create_dir_all(dir).unwrap();
+        let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=etcd-json-test-ca
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' > server.ext
+printf 'extendedKeyUsage=clientAuth\n' > client.ext
+openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost
+openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile server.ext
+openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=root
+openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 2 -extfile client.ext
+"#;
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run sh: {e}"));
+        assert!(
+            output.status.success(),
+            "generating certificates failed (is openssl installed? apt-get install openssl):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        TlsFiles {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        }
+    }
+}
+
 /// A throwaway single-node etcd on loopback.
 #[derive(Debug)]
 pub struct EtcdServer {
     dir: PathBuf,
     client_addr: SocketAddr,
+    tls: bool,
     process: Process,
 }
 
@@ -152,6 +204,16 @@ impl EtcdServer {
     /// Starts etcd with extra command-line flags (e.g.
     /// `--experimental-watch-progress-notify-interval=1s`).
     pub fn start_with_args(extra: &[&str]) -> EtcdServer {
+        Self::start_inner(extra, None)
+    }
+
+    /// Starts etcd serving clients over HTTPS with these files, requiring client
+    /// certificates signed by the CA.
+    pub fn start_tls(tls: &TlsFiles) -> EtcdServer {
+        Self::start_inner(&[], Some(tls))
+    }
+
+    fn start_inner(extra: &[&str], tls: Option<&TlsFiles>) -> EtcdServer {
         let program = match std::env::var_os("ETCD_BIN") {
             Some(bin) => PathBuf::from(bin),
             None => which("etcd")
@@ -160,7 +222,8 @@ impl EtcdServer {
         let dir = temp_dir("etcd-json-etcd");
         let client_port = free_port();
         let peer_port = free_port();
-        let client_url = format!("http://127.0.0.1:{client_port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut args: Vec<String> = vec![
             "--name=test".into(),
@@ -175,8 +238,15 @@ impl EtcdServer {
             "--log-outputs=stderr".into(),
             "--log-level=warn".into(),
         ];
+        if let Some(tls) = tls {
+            args.push(format!("--cert-file={}", tls.server_cert.display()));
+            args.push(format!("--key-file={}", tls.server_key.display()));
+            args.push(format!("--trusted-ca-file={}", tls.ca.display()));
+            args.push("--client-cert-auth".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut server = EtcdServer {
+            tls: tls.is_some(),
             process: Process { program, args, log: dir.join("etcd.log"), child: None },
             dir,
             client_addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
@@ -188,7 +258,12 @@ impl EtcdServer {
     fn boot(&mut self) {
         self.process.spawn();
         let addr = self.client_addr;
+        let tls = self.tls;
         self.process.wait_ready("etcd", || {
+            if tls {
+                // No TLS probe here: an open client port means etcd is serving.
+                return TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok();
+            }
             matches!(
                 http_probe(addr, "GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n"),
                 Some((200, body)) if body.contains("true")
@@ -196,9 +271,10 @@ impl EtcdServer {
         });
     }
 
-    /// The client URL, `http://127.0.0.1:<port>`.
+    /// The client URL, `http://127.0.0.1:<port>` (`https://` for [`EtcdServer::start_tls`]).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_addr)
     }
 
     /// The client address.
