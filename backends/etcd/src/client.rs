@@ -534,6 +534,11 @@ impl Client {
         let options = options.unwrap_or_default();
         let request = options.to_wire(key.into());
         if self.flavour().is_antietcd() {
+            if options.revision != 0 || options.min_create_revision != 0 || options.max_create_revision != 0 {
+                return Err(Error::Unimplemented {
+                    message: "antietcd has no historical reads and no create revisions".into(),
+                });
+            }
             let mut sent = request.clone();
             kv::antietcd_range(&mut sent.key, &mut sent.range_end);
             // antietcd cannot count or filter by itself: ask for the keys and do it here.

@@ -260,7 +260,7 @@ impl Error {
     pub(crate) fn from_message(message: &str) -> Option<Error> {
         let m = message.to_ascii_lowercase();
         let owned = || message.to_string();
-        if m.contains("has been compacted") || m.contains("is compacted") {
+        if m.contains("has been compacted") || m.contains("is compacted") || m.contains("are compacted") {
             return Some(Error::Compacted { requested: 0, compact_revision: 0 });
         }
         if m.contains("lease not found") || m.starts_with("unknown lease") {

@@ -320,7 +320,16 @@ impl RangeRequest {
         } else {
             self.range_end.clone()
         };
-        resp.kvs.retain(|kv| codec::in_range(&kv.key, &self.key, &end));
+        let (min_mod, max_mod) = (self.min_mod_revision, self.max_mod_revision);
+        let in_count = |kv: &KeyValue| codec::in_range(&kv.key, &self.key, &end);
+        resp.kvs.retain(in_count);
+        // etcd's count ignores the mod revision filters: count before applying them.
+        if resp.count == 0 {
+            resp.count = resp.kvs.len() as i64;
+        }
+        resp.kvs.retain(|kv| {
+            (min_mod == 0 || kv.mod_revision >= min_mod) && (max_mod == 0 || kv.mod_revision <= max_mod)
+        });
         let key_of = |kv: &KeyValue| kv.key.clone();
         match self.sort_target {
             None | Some("KEY") => resp.kvs.sort_by_key(key_of),
@@ -331,9 +340,6 @@ impl RangeRequest {
         }
         if self.sort_order == Some("DESCEND") {
             resp.kvs.reverse();
-        }
-        if resp.count == 0 {
-            resp.count = resp.kvs.len() as i64;
         }
         if self.limit > 0 && resp.kvs.len() as i64 > self.limit {
             resp.kvs.truncate(self.limit as usize);
@@ -550,4 +556,45 @@ pub(crate) fn antietcd_range(key: &mut Vec<u8>, range_end: &mut Vec<u8>) -> bool
     key.clear();
     *range_end = vec![0];
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, mod_revision: i64) -> KeyValue {
+        KeyValue { key: key.as_bytes().to_vec(), mod_revision, ..KeyValue::default() }
+    }
+
+    /// antietcd's unordered, over-wide, over-long reply is cut back to etcd's semantics.
+    #[test]
+    fn normalises_antietcd_ranges() {
+        let request = RangeOptions::new()
+            .with_prefix()
+            .with_limit(2)
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_min_mod_revision(3)
+            .to_wire(b"/d/".to_vec());
+        let mut reply = RangeResponse {
+            kvs: vec![kv("/d/b", 4), kv("/d", 9), kv("/d/a", 5), kv("/d/c", 6), kv("/d/old", 1), kv("/e", 7)],
+            ..RangeResponse::default()
+        };
+        request.normalise_antietcd_reply(&mut reply);
+        let keys: Vec<&[u8]> = reply.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+        assert_eq!(keys, vec![&b"/d/c"[..], b"/d/b"]);
+        assert!(reply.more);
+        assert_eq!(reply.count, 4);
+    }
+
+    /// Only directory ranges are sent to antietcd as they are.
+    #[test]
+    fn widens_non_directory_ranges() {
+        let (mut k, mut e) = (b"/d/".to_vec(), b"/d0".to_vec());
+        assert!(!antietcd_range(&mut k, &mut e));
+        let (mut k, mut e) = (b"/d".to_vec(), b"/e".to_vec());
+        assert!(antietcd_range(&mut k, &mut e));
+        assert_eq!((k, e), (Vec::new(), vec![0]));
+        let (mut k, mut e) = (b"/single".to_vec(), Vec::new());
+        assert!(!antietcd_range(&mut k, &mut e));
+    }
 }

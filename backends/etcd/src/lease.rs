@@ -190,6 +190,8 @@ impl Client {
 
     /// Keeps a lease of `ttl` seconds alive in the background until the returned
     /// [`LeaseKeeper`] is dropped. It renews at once, then every `ttl / 3`.
+    ///
+    /// Spawns a Tokio task: call it from within a Tokio runtime.
     pub fn lease_keeper(&self, id: LeaseId, ttl: i64) -> LeaseKeeper {
         LeaseKeeper::start(self.clone(), id, ttl)
     }

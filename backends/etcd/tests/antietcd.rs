@@ -55,6 +55,9 @@ async fn kv_on_node_antietcd() {
     assert_eq!(all.kvs.len(), 5);
 
     assert_eq!(client.get("/d/b").await.unwrap().as_deref(), Some(&b"v/d/b"[..]));
+    // No history on antietcd: a typed error rather than silently current data.
+    let err = client.range("/d/b", Some(RangeOptions::new().with_revision(1))).await.unwrap_err();
+    assert!(matches!(err, Error::Unimplemented { .. }), "{err:?}");
     assert_eq!(client.get("/missing").await.unwrap(), None);
     let d = client.delete_range("/d/", Some(DeleteOptions::new().with_prefix())).await.unwrap();
     assert_eq!(d.deleted, 3);
