@@ -13,6 +13,7 @@
 use crate::error::{Error, Result};
 use crate::store::Store;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The backend a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +146,29 @@ impl StoreUrl {
     }
 }
 
+/// A duration parameter: `500ms`, `5s`, `2m`, or a bare number of seconds.
+impl StoreUrl {
+    fn duration(&self, name: &str, default: Duration) -> Result<Duration> {
+        let Some(v) = self.param(name) else { return Ok(default) };
+        let (digits, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+        let n: Option<u64> = digits.parse().ok();
+        let d = match (n, unit) {
+            (Some(n), "ms") => Some(Duration::from_millis(n)),
+            (Some(n), "s" | "") => Some(Duration::from_secs(n)),
+            (Some(n), "m") => n.checked_mul(60).map(Duration::from_secs),
+            _ => None,
+        };
+        match d {
+            Some(d) if !d.is_zero() => Ok(d),
+            _ => Err(Error::InvalidParameter {
+                name: name.to_owned(),
+                value: v.to_owned(),
+                reason: "expected a positive duration such as 500ms, 5s or 2m".to_owned(),
+            }),
+        }
+    }
+}
+
 fn percent_decode(s: &str) -> std::result::Result<String, String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -207,8 +231,70 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
                 .with_watch_capacity(u.number("watch_capacity", 4096, 1..=1 << 24)?);
             crate::backend::embedded::open(config, &prefix)
         }
-        s => Err(Error::CallNotSupported { call: "open", backend: s.as_str() }),
+        Scheme::Etcd | Scheme::Etcds | Scheme::Antietcd | Scheme::Antietcds => {
+            open_remote(url, &u, &prefix).await
+        }
     }
+}
+
+/// `etcd://`, `etcds://`, `antietcd://`, `antietcds://`.
+async fn open_remote(url: &str, u: &StoreUrl, prefix: &str) -> Result<Arc<dyn Store>> {
+    let (name, tls) = match u.scheme {
+        Scheme::Etcd => ("etcd", false),
+        Scheme::Etcds => ("etcd", true),
+        Scheme::Antietcd => ("antietcd", false),
+        _ => ("antietcd", true),
+    };
+    u.check_params(
+        name,
+        &["prefix", "timeout", "connect_timeout", "username", "password", "ca", "cert", "key"],
+    )?;
+    if u.endpoints.is_empty() {
+        return Err(Error::InvalidUrl {
+            url: url.to_owned(),
+            reason: format!("{name} needs host:port endpoints"),
+        });
+    }
+    if !u.path.is_empty() && u.path != "/" {
+        return Err(Error::InvalidUrl {
+            url: url.to_owned(),
+            reason: "a remote store URL takes no path".to_owned(),
+        });
+    }
+    let mut options = etcd_json::ClientOptions::new()
+        .with_request_timeout(u.duration("timeout", Duration::from_secs(5))?)
+        .with_connect_timeout(u.duration("connect_timeout", Duration::from_secs(3))?);
+    match (u.param("username"), u.param("password")) {
+        (Some(user), Some(password)) => options = options.with_user(user, password),
+        (None, None) => {}
+        _ => {
+            return Err(Error::InvalidParameter {
+                name: "username".into(),
+                value: u.param("username").unwrap_or("").into(),
+                reason: "username and password go together".into(),
+            })
+        }
+    }
+    if let Some(ca) = u.param("ca") {
+        options = options.with_ca_file(ca);
+    }
+    match (u.param("cert"), u.param("key")) {
+        (Some(cert), Some(key)) => options = options.with_client_cert(cert, key),
+        (None, None) => {}
+        _ => {
+            return Err(Error::InvalidParameter {
+                name: "cert".into(),
+                value: u.param("cert").unwrap_or("").into(),
+                reason: "cert and key go together".into(),
+            })
+        }
+    }
+    let scheme = if tls { "https" } else { "http" };
+    let endpoints: Vec<String> = u.endpoints.iter().map(|e| format!("{scheme}://{e}")).collect();
+    let client = etcd_json::Client::connect(endpoints, options)
+        .await
+        .map_err(|e| crate::backend::remote::map_err(name, e))?;
+    Ok(Arc::new(crate::backend::Client::new(crate::backend::remote::Remote::new(client, name), prefix)))
 }
 
 #[cfg(test)]
@@ -278,6 +364,14 @@ mod tests {
             ("embedded://?watch_capacity=lots", "InvalidParameter"),
             ("embedded://host:1", "InvalidUrl"),
             ("redis://h:1", "UnknownScheme"),
+            ("etcd://", "InvalidUrl"),
+            ("etcd://h:1/path", "InvalidUrl"),
+            ("etcd://h:1?bogus=1", "UnknownParameter"),
+            ("etcd://h:1?timeout=0", "InvalidParameter"),
+            ("etcd://h:1?timeout=fast", "InvalidParameter"),
+            ("etcd://h:1?username=u", "InvalidParameter"),
+            ("antietcd://h:1?cert=c.pem", "InvalidParameter"),
+            ("antietcd://127.0.0.1:1?connect_timeout=200ms&timeout=300ms", "NotReachable"),
         ];
         for (url, kind) in cases {
             let e = open(url).await.expect_err(url);

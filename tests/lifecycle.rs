@@ -22,7 +22,9 @@ async fn settles_to(baseline: usize, what: &str) {
     panic!("{what}: {} tasks still alive, expected {baseline}", alive().await);
 }
 
-async fn busy_store(url: &str) -> (std::sync::Arc<dyn valkeyrie::Store>, valkeyrie::KeyWatch, valkeyrie::Lock) {
+async fn busy_store(
+    url: &str,
+) -> (std::sync::Arc<dyn valkeyrie::Store>, valkeyrie::KeyWatch, valkeyrie::Lock) {
     let store = valkeyrie::open(url).await.unwrap();
     let opts = Some(WriteOptions::new().with_ttl(Duration::from_secs(2)).with_keep_alive(true));
     store.put("alive", b"x", opts).await.unwrap();

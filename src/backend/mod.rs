@@ -11,6 +11,7 @@
 //! ```
 
 pub(crate) mod embedded;
+pub(crate) mod remote;
 
 use crate::error::{Error, Result};
 use crate::kv::{Event, EventKind, KVPair, LeaseId, TreeBatch};
@@ -289,10 +290,14 @@ impl<B: Backend> Client<B> {
         let _ = consistent; // Transactions are always linearizable; a serializable list is not worth a path.
         let t = self.backend().txn(Vec::new(), ops, Vec::new()).await?;
         let mut results = t.results.into_iter();
-        let children = match results.next() {
+        let mut children: Vec<RawKv> = match results.next() {
             Some(OpResult::Get(kvs)) => kvs.into_iter().filter(|kv| Self::in_listing(dir, &kv.key)).collect(),
             _ => Vec::new(),
         };
+        // The contract promises key order; not every server sorts (Node antietcd uses insertion order).
+        if !children.is_sorted_by(|a, b| a.key <= b.key) {
+            children.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        }
         let dir_exists = matches!(results.next(), Some(OpResult::Get(kvs)) if !kvs.is_empty());
         Ok((t.revision, children, dir_exists))
     }

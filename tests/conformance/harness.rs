@@ -12,6 +12,22 @@ use valkeyrie::Store;
 pub struct Caps {
     /// The watch buffer size, when a case can make a consumer lag on purpose.
     pub lag_after: Option<usize>,
+    /// Values are arbitrary bytes (Node antietcd keeps values as UTF-8 strings).
+    pub binary_values: bool,
+    /// A put of the value a key already has is a change with its own event (Node antietcd skips it).
+    pub identical_put_is_change: bool,
+    /// `a/` and `a` are different keys (Node antietcd normalises `a/` to `a`).
+    pub trailing_slash_keys: bool,
+}
+
+impl Caps {
+    /// Everything the contract promises.
+    pub const FULL: Caps = Caps {
+        lag_after: None,
+        binary_values: true,
+        identical_put_is_change: true,
+        trailing_slash_keys: true,
+    };
 }
 
 /// A running backend that hands out store handles.
@@ -80,6 +96,48 @@ impl Harness for Embedded {
     }
 
     fn caps(&self) -> Caps {
-        Caps { lag_after: Some(Self::WATCH_CAPACITY) }
+        Caps { lag_after: Some(Self::WATCH_CAPACITY), ..Caps::FULL }
+    }
+}
+
+/// A remote server (a child process, killed when the harness drops) reached through a store URL.
+pub struct Remote {
+    base: String,
+    caps: Caps,
+    _server: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Remote {
+    /// A throwaway etcd 3.4 (Debian's `etcd-server`; the test fails with the install command if missing).
+    pub fn etcd() -> Arc<dyn Harness> {
+        let server = etcd_json::testing::EtcdServer::start();
+        let base = format!("etcd://{}", server.addr());
+        Arc::new(Remote { base, caps: Caps::FULL, _server: Box::new(server) })
+    }
+
+    /// A throwaway Node antietcd 1.3.1 (npm; the test fails with the install command if missing).
+    pub fn node_antietcd() -> Arc<dyn Harness> {
+        let server = etcd_json::testing::NodeAntietcd::start();
+        let base = format!("antietcd://{}", server.addr());
+        let caps = Caps {
+            binary_values: false,
+            identical_put_is_change: false,
+            trailing_slash_keys: false,
+            ..Caps::FULL
+        };
+        Arc::new(Remote { base, caps, _server: Box::new(server) })
+    }
+}
+
+#[async_trait]
+impl Harness for Remote {
+    async fn connect(&self, prefix: &str) -> Arc<dyn Store> {
+        let url =
+            if prefix.is_empty() { self.base.clone() } else { format!("{}?prefix={prefix}", self.base) };
+        valkeyrie::open(&url).await.unwrap_or_else(|e| panic!("open {url}: {e}"))
+    }
+
+    fn caps(&self) -> Caps {
+        self.caps
     }
 }
