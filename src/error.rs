@@ -60,6 +60,12 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+    /// The lock or leadership is not (or no longer) held by this handle.
+    #[error("not held: {key:?} (lost, resigned, or taken over)")]
+    NotHeld {
+        /// The lock's or election's key.
+        key: String,
+    },
     /// A lease (from [`Store::grant_lease`](crate::Store::grant_lease) or a lock) no longer exists.
     #[error("lease not found (expired or revoked)")]
     LeaseNotFound,

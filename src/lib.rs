@@ -34,7 +34,8 @@
 //!   options (`options.rs`); the one [`Error`] enum (`error.rs`); [`open`] and [`StoreUrl`] (`url.rs`).
 //! - `backend/`: the valkeyrie semantics written once over an etcd-shaped internal trait, and thin
 //!   adapters mapping each backend's native types and errors onto it.
-//! - [`recipes`]: coordination recipes over any `Store` ([`Lock`]).
+//! - [`recipes`]: coordination recipes over any `Store`: [`Lock`], [`Election`], [`register`] and
+//!   [`discover`] for service discovery.
 //! - [`embedded`]: extra handles on an in-process engine.
 
 mod backend;
@@ -50,6 +51,8 @@ pub use error::{BoxError, Error, Result};
 pub use kv::{Event, EventKind, KVPair, LeaseId, TreeBatch};
 pub use lease::{Lease, Lost};
 pub use options::{LockOptions, ReadOptions, WriteOptions};
+pub use recipes::discovery::{discover, register, Instances, Registration};
+pub use recipes::election::{Election, Leadership};
 pub use recipes::lock::{Lock, LockHeld};
 pub use store::{KeyWatch, Store, TreeWatch};
 pub use url::{open, Scheme, StoreUrl};

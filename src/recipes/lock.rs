@@ -11,7 +11,7 @@
 
 use crate::backend::LOCK_SUFFIX;
 use crate::error::{Error, Result};
-use crate::kv::EventKind;
+use crate::kv::{EventKind, KVPair};
 use crate::lease::{Lease, Lost};
 use crate::options::{LockOptions, WriteOptions};
 use crate::store::Store;
@@ -38,6 +38,8 @@ struct Held {
     lease: Option<Lease>,
     token: u64,
     lost: Lost,
+    /// The value as last written by this acquisition: the CAS token for [`Lock::proclaim`].
+    value: KVPair,
     /// Fires `lost` when the lease or the waiter key goes; aborted on unlock.
     monitor: JoinHandle<()>,
 }
@@ -135,13 +137,36 @@ impl Lock {
             }
         }
         let value_options = if self.options.delete_on_unlock { with_lease } else { None };
-        self.store.put(&self.key, &self.options.value, value_options).await?;
+        let value = self.store.put(&self.key, &self.options.value, value_options).await?;
         let (tx, rx) = watch::channel(false);
         let lost = Lost::from_receiver(rx);
         let monitor = tokio::spawn(monitor(self.store.clone(), waiter, lease.lost(), tx));
         let token = me.last_index;
-        *held = Some(Held { lease: Some(lease), token, lost: lost.clone(), monitor });
+        *held = Some(Held { lease: Some(lease), token, lost: lost.clone(), value, monitor });
         Ok(LockHeld { token, lost })
+    }
+
+    /// Replaces the value while the lock is held, failing with [`Error::NotHeld`] if it is not held or the
+    /// value was changed by someone else (so this holder can no longer vouch for it).
+    pub(crate) async fn proclaim(&self, value: &[u8]) -> Result<()> {
+        let mut held = self.held.lock().await;
+        let Some(h) = held.as_mut().filter(|h| !h.lost.is_lost()) else {
+            return Err(Error::NotHeld { key: self.key.clone() });
+        };
+        let options = match (&h.lease, self.options.delete_on_unlock) {
+            (Some(lease), true) => Some(WriteOptions::new().with_lease(lease.id())),
+            _ => None,
+        };
+        match self.store.atomic_put(&self.key, value, Some(&h.value), options).await {
+            Ok(pair) => {
+                h.value = pair;
+                Ok(())
+            }
+            Err(Error::KeyModified { .. } | Error::KeyNotFound { .. }) => {
+                Err(Error::NotHeld { key: self.key.clone() })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Releases the lock (deleting its value first with `delete_on_unlock`). Does nothing if not held.

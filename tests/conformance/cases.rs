@@ -712,3 +712,80 @@ pub async fn concurrent_writers_ordered(env: &Env) {
         assert_eq!(values, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
     }
 }
+
+/// Election: the first candidate leads and publishes its value; others wait in order; proclaim changes
+/// the value only while leading; resigning or closing hands over; observers see every change.
+pub async fn election(env: &Env) {
+    use valkeyrie::Election;
+    let ttl = Duration::from_secs(2);
+    let mine = Election::new(env.store.clone(), "election/leader").with_ttl(ttl);
+    let theirs = Election::new(env.other.clone(), "election/leader").with_ttl(ttl);
+    assert_eq!(mine.leader().await.unwrap(), None);
+    let mut observed = mine.observe().await.unwrap();
+    assert_eq!(timeout(PROMPT, observed.next()).await.unwrap().unwrap().unwrap(), None, "nobody leads yet");
+    let first = mine.campaign("node-a").await.unwrap();
+    let seen = timeout(PROMPT, observed.next()).await.unwrap().unwrap().unwrap().unwrap();
+    assert_eq!(seen.value, b"node-a");
+    assert_eq!(theirs.leader().await.unwrap().unwrap().value, b"node-a");
+    let waiting = tokio::spawn(async move { theirs.campaign("node-b").await });
+    first.proclaim("node-a v2").await.unwrap();
+    let seen = timeout(PROMPT, observed.next()).await.unwrap().unwrap().unwrap().unwrap();
+    assert_eq!(seen.value, b"node-a v2");
+    assert!(!waiting.is_finished(), "the second candidate waits");
+    let first_token = first.fencing_token();
+    first.resign().await.unwrap();
+    let second = timeout(PROMPT, waiting).await.expect("second candidate elected").unwrap().unwrap();
+    assert!(second.fencing_token() > first_token);
+    // Observers see the handover: possibly a moment with no leader, then the new value.
+    loop {
+        match timeout(PROMPT, observed.next()).await.unwrap().unwrap().unwrap() {
+            None => continue,
+            Some(pair) => {
+                assert_eq!(pair.value, b"node-b");
+                break;
+            }
+        }
+    }
+    // A deposed leader cannot proclaim; the new one loses leadership when its store closes.
+    let stale = Election::new(env.store.clone(), "election/leader").with_ttl(ttl);
+    assert_eq!(stale.leader().await.unwrap().unwrap().value, b"node-b");
+    let mut lost = second.lost();
+    env.other.close().await.unwrap();
+    timeout(PROMPT, lost.wait()).await.expect("leadership lost on close");
+    assert!(matches!(second.proclaim("too late").await, Err(Error::NotHeld { .. })));
+    assert_eq!(timeout(PROMPT, observed.next()).await.unwrap().unwrap().unwrap(), None, "nobody leads");
+}
+
+/// Discovery: registered instances appear, update, and disappear on deregister and when their store
+/// closes; a late subscriber gets the current set first; nested keys are not instances.
+pub async fn discovery(env: &Env) {
+    use valkeyrie::{discover, register};
+    let ttl = Duration::from_secs(2);
+    let a = register(env.store.clone(), "svc/web", "a", "10.0.0.1:80", ttl).await.unwrap();
+    let mut sets = discover(&*env.store, "svc/web").await.unwrap();
+    let set = next(&mut sets).await;
+    assert_eq!(set.keys().collect::<Vec<_>>(), ["a"]);
+    let b = register(env.other.clone(), "svc/web", "b", "10.0.0.2:80", ttl).await.unwrap();
+    assert_eq!(next(&mut sets).await.keys().collect::<Vec<_>>(), ["a", "b"]);
+    env.store.put("svc/web/a/health", b"nested, not an instance", None).await.unwrap();
+    a.update("10.0.0.1:8080").await.unwrap();
+    let set = loop {
+        let set = next(&mut sets).await;
+        if set["a"] == b"10.0.0.1:8080" {
+            break set;
+        }
+    };
+    assert_eq!(set.len(), 2);
+    assert!(matches!(
+        register(env.store.clone(), "svc/web", "x/y", "v", ttl).await,
+        Err(Error::InvalidKey { .. })
+    ));
+    let late = discover(&*env.other, "svc/web/").await.unwrap().next().await.unwrap().unwrap();
+    assert_eq!(late.len(), 2);
+    a.deregister().await.unwrap();
+    assert_eq!(next(&mut sets).await.keys().collect::<Vec<_>>(), ["b"]);
+    let mut lost = b.lost();
+    env.other.close().await.unwrap();
+    assert!(next(&mut sets).await.is_empty(), "b's store closed");
+    timeout(PROMPT, lost.wait()).await.expect("b learns it is gone");
+}

@@ -21,7 +21,8 @@ macro_rules! conformance {
                 atomic_put, atomic_put_create, atomic_put_with_slash_suffix_key, atomic_delete,
                 watch, watch_missing_key, watch_no_gap, watch_tree, watch_tree_missing_dir, lagging_watcher,
                 lock_unlock, lock_ttl, lock_wait, lock_fifo_and_fencing, lock_cancel,
-                put_ttl, ttl_expires, keep_alive, leases, prefix_namespaces, close, concurrent_writers_ordered);
+                put_ttl, ttl_expires, keep_alive, leases, prefix_namespaces, close, concurrent_writers_ordered,
+                election, discovery);
         }
     };
     (@cases $paused:literal, $harness:expr, $($case:ident),*) => {
