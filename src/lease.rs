@@ -133,28 +133,37 @@ async fn keep_alive(
 ) {
     let period = (ttl / 3).max(Duration::from_millis(100));
     let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
-    // Conservative: the server started counting no later than our request was sent.
-    let mut expires = Instant::now() + ttl;
+    // Declare the lease lost a little before the server can expire it, so that whoever relies on the lost
+    // signal (a lock holder) stops before anybody else can take over. The server started counting no
+    // earlier than our last successful request was sent, which is what `deadline` is measured from.
+    let margin = (ttl / 10).min(Duration::from_millis(250));
+    let mut deadline = Instant::now() + ttl - margin;
     let mut wait = period;
     loop {
+        let wake = (Instant::now() + wait).min(deadline);
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(wake) => {}
             _ = closed.wait_for(|c| *c) => break,
         }
+        if Instant::now() >= deadline {
+            tracing::warn!(lease = id.0, "lease lost: could not renew it in time");
+            break;
+        }
         let sent = Instant::now();
-        match ops.keep_alive_once(id).await {
-            Ok(()) => {
-                expires = sent + ttl;
+        // A request that hangs (a cut-off network) must not outlive the lease.
+        match tokio::time::timeout_at(deadline, ops.keep_alive_once(id)).await {
+            Ok(Ok(())) => {
+                deadline = sent + ttl - margin;
                 wait = period;
             }
-            Err(Error::LeaseNotFound | Error::Closed) => break,
-            Err(e) => {
-                if Instant::now() + retry >= expires {
-                    tracing::warn!(lease = id.0, error = %e, "lease lost: could not renew it in time");
-                    break;
-                }
+            Ok(Err(Error::LeaseNotFound | Error::Closed)) => break,
+            Ok(Err(e)) => {
                 tracing::debug!(lease = id.0, error = %e, "lease renewal failed, retrying");
                 wait = retry;
+            }
+            Err(_) => {
+                tracing::warn!(lease = id.0, "lease lost: renewal did not answer before it expired");
+                break;
             }
         }
     }
