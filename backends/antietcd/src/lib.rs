@@ -28,12 +28,22 @@
 //! # Ok(()) }
 //! ```
 
+mod config;
 mod engine;
 mod error;
+mod http;
+pub mod persist;
+mod server;
+pub mod tls;
 mod types;
 mod watch;
+mod wire;
+mod ws;
 
+pub use config::{parse_bool, ConfigError, ServerConfig};
 pub use engine::{Config, Engine, MAX_LEASE_TTL, MAX_TXN_DEPTH, MAX_TXN_OPS};
 pub use error::Error;
+pub use persist::{PersistError, PersistFilter};
+pub use server::{serve, Node, ServerError};
 pub use types::*;
 pub use watch::{Watch, WatchError};

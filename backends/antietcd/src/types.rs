@@ -416,3 +416,27 @@ pub struct Status {
     /// Number of registered watchers.
     pub watchers: usize,
 }
+
+/// One lease in a [`Snapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseSnapshot {
+    /// Its id.
+    pub id: LeaseId,
+    /// The time to live it was granted, in seconds.
+    pub ttl: i64,
+    /// Time left before it expires.
+    pub remaining: std::time::Duration,
+}
+
+/// A consistent copy of the whole store at one revision: for dumps and persistence.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The revision of this state.
+    pub revision: Revision,
+    /// The compact revision.
+    pub compact_revision: Revision,
+    /// Every live key, sorted by key.
+    pub kvs: Vec<KeyValue>,
+    /// Every live lease, sorted by id.
+    pub leases: Vec<LeaseSnapshot>,
+}

@@ -1,0 +1,3 @@
+//! Server benchmark (work in progress).
+
+fn main() {}

@@ -1,0 +1,269 @@
+//! [`ServerConfig`]: every single-node option of antietcd 1.3.1, with its flag names, plus limits.
+//!
+//! The same struct is the embedder's configuration (`ServerConfig { data: Some(..), ..Default::default() }`)
+//! and, through clap's derive, the `antietcd` binary's command line: `--persist_interval` and
+//! `--persist-interval` are both accepted, as antietcd turns dashes into underscores. Boolean options take a
+//! value as in antietcd (`--use_base64 0`, `--merge_watches false`) or none (`--client_cert_auth`).
+
+use crate::persist::PersistFilter;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// The options of a [`Node`](crate::Node): antietcd's single-node options plus limits.
+#[derive(Clone, clap::Parser)]
+#[command(
+    name = "antietcd",
+    version,
+    about = "antietcd server (Rust): an etcd-subset REST + websocket API, wire-compatible with antietcd 1.3.1",
+    rename_all = "snake_case"
+)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Listen port for HTTP(S) and websockets (0: any free port).
+    #[arg(long, default_value_t = 2379)]
+    pub port: u16,
+    /// Listen address (default: every interface).
+    #[arg(long)]
+    pub ip: Option<IpAddr>,
+    /// Whether to listen at all. Embedders that only want the engine and persistence set it to false; the
+    /// binary always listens.
+    #[arg(skip = true)]
+    pub listen: bool,
+    /// Persist the store to this file (gzip-JSON, antietcd's format). Without it the store is in memory only.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Persist at most once per this many milliseconds and acknowledge writes before they are on disk.
+    /// 0: every write is on disk before it is acknowledged (group commit).
+    #[arg(long, visible_alias = "persist-interval", default_value_t = 0)]
+    pub persist_interval: u64,
+    /// Server certificate (PEM file path, or inline PEM starting with `-----`). Switches to HTTPS/WSS.
+    #[arg(long)]
+    pub cert: Option<String>,
+    /// Server private key (PEM file path or inline PEM).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// CA certificate(s) for client certificates (PEM file path or inline PEM).
+    #[arg(long)]
+    pub ca: Option<String>,
+    /// Require client certificates signed by `--ca`.
+    #[arg(long, visible_alias = "client-cert-auth", num_args = 0..=1, default_missing_value = "1",
+          value_parser = parse_bool, default_value = "0")]
+    pub client_cert_auth: bool,
+    /// How many revisions of history to keep for watches (compaction keeps between N and 2N). 0: keep all.
+    #[arg(long, visible_alias = "compact-revisions", default_value_t = 1000)]
+    pub compact_revisions: i64,
+    /// Websocket ping period in milliseconds; a socket that did not answer the previous ping is closed.
+    /// 0: no pings.
+    #[arg(long, visible_alias = "ws-keepalive-interval", default_value_t = 30000)]
+    pub ws_keepalive_interval: u64,
+    /// Keys, values and range ends are base64 on the wire (antietcd's default). Off: raw strings.
+    #[arg(long, visible_alias = "use-base64", num_args = 0..=1, default_missing_value = "1",
+          value_parser = parse_bool, default_value = "1")]
+    pub use_base64: bool,
+    /// Send all the events of one revision for all the watches of one websocket as one message.
+    #[arg(long, visible_alias = "merge-watches", num_args = 0..=1, default_missing_value = "1",
+          value_parser = parse_bool, default_value = "1")]
+    pub merge_watches: bool,
+    /// Logs to write: a comma list of `access` (every request and websocket message) and `watch` (every
+    /// outgoing watch message). Logged through `tracing` at info level.
+    #[arg(long, default_value = "")]
+    pub logs: String,
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    #[arg(long, visible_alias = "max-body-bytes", default_value_t = 8 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest accepted websocket message (and frame) in bytes; a larger one closes the socket.
+    #[arg(long, visible_alias = "max-ws-message-bytes", default_value_t = 1 << 20)]
+    pub max_ws_message_bytes: usize,
+    /// Most simultaneous connections (HTTP and websocket); more wait in the listen backlog.
+    #[arg(long, visible_alias = "max-connections", default_value_t = 16384)]
+    pub max_connections: usize,
+    /// Listen backlog (at least 1024).
+    #[arg(long, default_value_t = 4096)]
+    pub backlog: u32,
+    /// How many undelivered revisions a watch may have queued before it is cancelled as lagging.
+    #[arg(long, visible_alias = "watch-capacity", default_value_t = 4096)]
+    pub watch_capacity: usize,
+    /// Embedders only: a function applied to every key before it is persisted (see [`PersistFilter`]).
+    #[arg(skip)]
+    pub persist_filter: Option<PersistFilter>,
+    /// Cluster options of antietcd (issue 5): accepted on the command line only to be refused clearly.
+    #[arg(long, hide = true)]
+    pub cluster: Option<String>,
+    /// See [`ServerConfig::cluster`].
+    #[arg(long, hide = true)]
+    pub node_id: Option<String>,
+    /// See [`ServerConfig::cluster`].
+    #[arg(long, hide = true)]
+    pub cluster_key: Option<String>,
+    /// antietcd's etcd proxy mode: refused.
+    #[arg(long, hide = true)]
+    pub etcd_proxy: Option<String>,
+    /// antietcd's auth filter module: refused (use the Rust API).
+    #[arg(long, hide = true)]
+    pub auth_filter: Option<String>,
+    /// Meaningless on one node; accepted and ignored.
+    #[arg(long, hide = true)]
+    pub stale_read: Option<String>,
+    /// Meaningless on one node; accepted and ignored.
+    #[arg(long, hide = true)]
+    pub use_locks: Option<String>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("port", &self.port)
+            .field("ip", &self.ip)
+            .field("listen", &self.listen)
+            .field("data", &self.data)
+            .field("persist_interval", &self.persist_interval)
+            .field("tls", &self.cert.is_some())
+            .field("client_cert_auth", &self.client_cert_auth)
+            .field("compact_revisions", &self.compact_revisions)
+            .field("ws_keepalive_interval", &self.ws_keepalive_interval)
+            .field("use_base64", &self.use_base64)
+            .field("merge_watches", &self.merge_watches)
+            .field("logs", &self.logs)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_ws_message_bytes", &self.max_ws_message_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("backlog", &self.backlog)
+            .field("watch_capacity", &self.watch_capacity)
+            .field("persist_filter", &self.persist_filter.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            port: 2379,
+            ip: None,
+            listen: true,
+            data: None,
+            persist_interval: 0,
+            cert: None,
+            key: None,
+            ca: None,
+            client_cert_auth: false,
+            compact_revisions: 1000,
+            ws_keepalive_interval: 30000,
+            use_base64: true,
+            merge_watches: true,
+            logs: String::new(),
+            max_body_bytes: 8 << 20,
+            max_ws_message_bytes: 1 << 20,
+            max_connections: 16384,
+            backlog: 4096,
+            watch_capacity: 4096,
+            persist_filter: None,
+            cluster: None,
+            node_id: None,
+            cluster_key: None,
+            etcd_proxy: None,
+            auth_filter: None,
+            stale_read: None,
+            use_locks: None,
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An antietcd option this server does not implement (yet).
+    #[error("option --{0} is not supported yet (clustering is issue 5; this server runs a single node)")]
+    Unsupported(&'static str),
+    /// `key` without `cert` or the other way round, or `client_cert_auth` without TLS.
+    #[error("TLS options are incomplete: {0}")]
+    Tls(&'static str),
+    /// A limit or interval out of range.
+    #[error("invalid value for --{name}: {reason}")]
+    Invalid {
+        /// The option.
+        name: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// An unknown name in `--logs`.
+    #[error("unknown log kind {0:?} in --logs (known: access, watch, cluster)")]
+    UnknownLog(String),
+}
+
+/// Which logs `--logs` turned on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Logs {
+    pub(crate) access: bool,
+    pub(crate) watch: bool,
+}
+
+impl ServerConfig {
+    /// Checks the options; returns the config unchanged if they can work.
+    pub fn validate(self) -> Result<ServerConfig, ConfigError> {
+        for (set, name) in [
+            (self.cluster.is_some(), "cluster"),
+            (self.node_id.is_some(), "node_id"),
+            (self.cluster_key.is_some(), "cluster_key"),
+            (self.etcd_proxy.is_some(), "etcd_proxy"),
+            (self.auth_filter.is_some(), "auth_filter"),
+        ] {
+            if set {
+                return Err(ConfigError::Unsupported(name));
+            }
+        }
+        match (&self.cert, &self.key) {
+            (Some(_), None) => return Err(ConfigError::Tls("--cert needs --key")),
+            (None, Some(_)) => return Err(ConfigError::Tls("--key needs --cert")),
+            _ => {}
+        }
+        if self.client_cert_auth && self.cert.is_none() {
+            return Err(ConfigError::Tls("--client_cert_auth needs --cert and --key"));
+        }
+        if self.compact_revisions < 0 {
+            return Err(ConfigError::Invalid { name: "compact_revisions", reason: "must be >= 0" });
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid { name: "max_body_bytes", reason: "must be >= 1024" });
+        }
+        if self.max_ws_message_bytes < 1024 {
+            return Err(ConfigError::Invalid { name: "max_ws_message_bytes", reason: "must be >= 1024" });
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid { name: "max_connections", reason: "must be >= 1" });
+        }
+        if self.backlog < 1024 {
+            return Err(ConfigError::Invalid { name: "backlog", reason: "must be >= 1024" });
+        }
+        if self.watch_capacity == 0 {
+            return Err(ConfigError::Invalid { name: "watch_capacity", reason: "must be >= 1" });
+        }
+        self.parsed_logs()?;
+        Ok(self)
+    }
+
+    pub(crate) fn parsed_logs(&self) -> Result<Logs, ConfigError> {
+        let mut logs = Logs::default();
+        for part in self.logs.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()) {
+            match part {
+                "access" => logs.access = true,
+                "watch" => logs.watch = true,
+                "cluster" => {}
+                other => return Err(ConfigError::UnknownLog(other.to_owned())),
+            }
+        }
+        Ok(logs)
+    }
+
+    /// The engine configuration these options imply.
+    pub fn engine_config(&self) -> crate::Config {
+        crate::Config::default()
+            .with_compact_revisions(self.compact_revisions)
+            .with_watch_capacity(self.watch_capacity)
+    }
+}
+
+/// antietcd's `is_true`: `1`, `true`, `yes`, `on` are true, everything else false.
+pub fn parse_bool(s: &str) -> Result<bool, std::convert::Infallible> {
+    Ok(matches!(s.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
