@@ -100,6 +100,14 @@ pub enum Error {
         /// The schemes this build supports.
         supported: &'static str,
     },
+    /// The URL's backend is not compiled in: enable the named cargo feature of `valkeyrie`.
+    #[error("the {scheme}:// backend needs valkeyrie's cargo feature {feature:?}")]
+    FeatureNotEnabled {
+        /// The scheme.
+        scheme: &'static str,
+        /// The feature to enable.
+        feature: &'static str,
+    },
     /// A URL query parameter is not known to the backend.
     #[error("unknown parameter {name:?} for the {backend} backend")]
     UnknownParameter {

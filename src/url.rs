@@ -148,6 +148,7 @@ impl StoreUrl {
 
 /// A duration parameter: `500ms`, `5s`, `2m`, or a bare number of seconds.
 impl StoreUrl {
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     fn duration(&self, name: &str, default: Duration) -> Result<Duration> {
         let Some(v) = self.param(name) else { return Ok(default) };
         let (digits, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
@@ -231,13 +232,17 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
                 .with_watch_capacity(u.number("watch_capacity", 4096, 1..=1 << 24)?);
             crate::backend::embedded::open(config, &prefix)
         }
+        #[cfg(feature = "etcd")]
         Scheme::Etcd | Scheme::Etcds | Scheme::Antietcd | Scheme::Antietcds => {
             open_remote(url, &u, &prefix).await
         }
+        #[cfg(not(feature = "etcd"))]
+        s => Err(Error::FeatureNotEnabled { scheme: s.as_str(), feature: "etcd" }),
     }
 }
 
 /// `etcd://`, `etcds://`, `antietcd://`, `antietcds://`.
+#[cfg(feature = "etcd")]
 async fn open_remote(url: &str, u: &StoreUrl, prefix: &str) -> Result<Arc<dyn Store>> {
     let (name, tls) = match u.scheme {
         Scheme::Etcd => ("etcd", false),
@@ -354,6 +359,21 @@ mod tests {
         }
     }
 
+    /// Duration parameters: units, bare seconds, and the refusals.
+    #[test]
+    fn durations() {
+        let u = StoreUrl::parse("etcd://h:1?a=500ms&b=5s&c=2m&d=7&e=0s&f=1h&g=-1s&h=").unwrap();
+        let d = |name| u.duration(name, Duration::from_secs(99));
+        assert_eq!(d("a").unwrap(), Duration::from_millis(500));
+        assert_eq!(d("b").unwrap(), Duration::from_secs(5));
+        assert_eq!(d("c").unwrap(), Duration::from_secs(120));
+        assert_eq!(d("d").unwrap(), Duration::from_secs(7));
+        assert_eq!(d("missing").unwrap(), Duration::from_secs(99));
+        for bad in ["e", "f", "g", "h"] {
+            assert!(matches!(d(bad), Err(Error::InvalidParameter { .. })), "{bad}");
+        }
+    }
+
     /// What `open` refuses, with the typed error naming the problem.
     #[tokio::test]
     async fn open_errors() {
@@ -364,13 +384,23 @@ mod tests {
             ("embedded://?watch_capacity=lots", "InvalidParameter"),
             ("embedded://host:1", "InvalidUrl"),
             ("redis://h:1", "UnknownScheme"),
+            #[cfg(not(feature = "etcd"))]
+            ("etcd://h:1", "FeatureNotEnabled"),
+            #[cfg(feature = "etcd")]
             ("etcd://", "InvalidUrl"),
+            #[cfg(feature = "etcd")]
             ("etcd://h:1/path", "InvalidUrl"),
+            #[cfg(feature = "etcd")]
             ("etcd://h:1?bogus=1", "UnknownParameter"),
+            #[cfg(feature = "etcd")]
             ("etcd://h:1?timeout=0", "InvalidParameter"),
+            #[cfg(feature = "etcd")]
             ("etcd://h:1?timeout=fast", "InvalidParameter"),
+            #[cfg(feature = "etcd")]
             ("etcd://h:1?username=u", "InvalidParameter"),
+            #[cfg(feature = "etcd")]
             ("antietcd://h:1?cert=c.pem", "InvalidParameter"),
+            #[cfg(feature = "etcd")]
             ("antietcd://127.0.0.1:1?connect_timeout=200ms&timeout=300ms", "NotReachable"),
         ];
         for (url, kind) in cases {

@@ -6,6 +6,7 @@
 //! CI runs a short version; the long one is `cargo test --test lock_faults -- --ignored` (120 s per
 //! backend, or `LOCK_FAULT_SECS=N`).
 
+#![cfg(feature = "etcd")]
 #![allow(clippy::unwrap_used)]
 
 use rand::Rng;

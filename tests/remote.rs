@@ -1,6 +1,7 @@
 //! The remote backends' URL features against a real etcd: endpoint failover, username/password auth,
 //! and failure behaviour (a server that is down is `NotReachable` within the timeout, never a hang).
 
+#![cfg(feature = "etcd")]
 #![allow(clippy::unwrap_used)]
 
 use etcd_json::testing::{free_port, EtcdServer};

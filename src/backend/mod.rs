@@ -11,6 +11,7 @@
 //! ```
 
 pub(crate) mod embedded;
+#[cfg(feature = "etcd")]
 pub(crate) mod remote;
 
 use crate::error::{Error, Result};

@@ -3,6 +3,21 @@
 //!
 //! An instance that crashes stops renewing, and its key expires within the TTL; one that shuts down
 //! cleanly ([`Registration::deregister`], dropping the handle, or closing its store) disappears at once.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> valkeyrie::Result<()> {
+//! use futures::StreamExt;
+//! use std::time::Duration;
+//! let store = valkeyrie::open("embedded://").await?;
+//! let me = valkeyrie::register(store.clone(), "services/api", "api-1", "10.0.0.1:80", Duration::from_secs(10)).await?;
+//! let mut instances = valkeyrie::discover(&*store, "services/api").await?;
+//! let now = instances.next().await.unwrap()?;
+//! assert_eq!(now["api-1"], b"10.0.0.1:80");
+//! me.deregister().await?;
+//! assert!(instances.next().await.unwrap()?.is_empty());
+//! # Ok(()) }
+//! ```
 
 use crate::error::{Error, Result};
 use crate::kv::EventKind;

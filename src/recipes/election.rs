@@ -5,6 +5,20 @@
 //! leads. [`Election::leader`] reads it, [`Election::observe`] watches it, [`Leadership::proclaim`] changes
 //! the value (only while still leading), [`Leadership::resign`] (or dropping the handle, or the leader's
 //! store closing, or its lease expiring) hands over to the next candidate.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> valkeyrie::Result<()> {
+//! use valkeyrie::Election;
+//! let store = valkeyrie::open("embedded://").await?;
+//! let election = Election::new(store.clone(), "services/scheduler/leader");
+//! let leadership = election.campaign("10.0.0.7:9000").await?; // waits until elected
+//! assert_eq!(election.leader().await?.unwrap().value, b"10.0.0.7:9000");
+//! leadership.proclaim("10.0.0.7:9001").await?;
+//! leadership.resign().await?;
+//! assert!(election.leader().await?.is_none());
+//! # Ok(()) }
+//! ```
 
 use crate::error::{Error, Result};
 use crate::kv::{EventKind, KVPair};

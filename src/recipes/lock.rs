@@ -8,6 +8,23 @@
 //!
 //! The fencing token is the waiter's revision: it is larger for every later acquisition, so a resource
 //! that remembers the largest token it has seen can refuse a holder that lost the lock without knowing.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> valkeyrie::Result<()> {
+//! use std::time::Duration;
+//! use valkeyrie::LockOptions;
+//! let store = valkeyrie::open("embedded://").await?;
+//! let lock = store.new_lock("jobs/nightly", Some(LockOptions::new().with_ttl(Duration::from_secs(10)))).await?;
+//! let held = lock.lock().await?; // waits until acquired; renewed in the background
+//! let mut lost = held.lost();
+//! tokio::select! {
+//!     _ = lost.wait() => { /* lost the lock: stop working */ }
+//!     _ = async { /* the critical section, passing held.fencing_token() to the resource */ } => {}
+//! }
+//! lock.unlock().await?;
+//! # Ok(()) }
+//! ```
 
 use crate::backend::LOCK_SUFFIX;
 use crate::error::{Error, Result};

@@ -101,12 +101,14 @@ impl Harness for Embedded {
 }
 
 /// A remote server (a child process, killed when the harness drops) reached through a store URL.
+#[cfg(feature = "etcd")]
 pub struct Remote {
     base: String,
     caps: Caps,
     _server: Box<dyn std::any::Any + Send + Sync>,
 }
 
+#[cfg(feature = "etcd")]
 impl Remote {
     /// A throwaway etcd 3.4 (Debian's `etcd-server`; the test fails with the install command if missing).
     pub fn etcd() -> Arc<dyn Harness> {
@@ -129,6 +131,7 @@ impl Remote {
     }
 }
 
+#[cfg(feature = "etcd")]
 #[async_trait]
 impl Harness for Remote {
     async fn connect(&self, prefix: &str) -> Arc<dyn Store> {

@@ -39,6 +39,8 @@ conformance!(embedded, true, Embedded::start());
 // The same engine on real time: what the server backends will see (timers really elapse, tasks interleave).
 conformance!(embedded_realtime, false, Embedded::start());
 // Real etcd 3.4, one throwaway server per test.
+#[cfg(feature = "etcd")]
 conformance!(etcd, false, Remote::etcd());
 // Node antietcd 1.3.1, one throwaway server per test.
+#[cfg(feature = "etcd")]
 conformance!(node_antietcd, false, Remote::node_antietcd());
