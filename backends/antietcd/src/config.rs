@@ -17,7 +17,6 @@ use std::path::PathBuf;
     about = "antietcd server (Rust): an etcd-subset REST + websocket API, wire-compatible with antietcd 1.3.1",
     rename_all = "snake_case"
 )]
-#[non_exhaustive]
 pub struct ServerConfig {
     /// Listen port for HTTP(S) and websockets (0: any free port).
     #[arg(long, default_value_t = 2379)]
