@@ -94,3 +94,43 @@ async fn watch_survives_a_restart() {
     }
     assert_eq!(seen, ["svc/a", "svc/b"]);
 }
+
+/// Discovery across an etcd restart: a registration outlives a short outage (its lease is renewed again
+/// once the server is back), and the discovered set converges on the truth, including a service that
+/// registered while the watcher was reconnecting.
+#[tokio::test]
+async fn discovery_resynchronises_after_a_restart() {
+    use futures::StreamExt;
+    let mut etcd = EtcdServer::start();
+    let url = format!("etcd://{}?timeout=2s&connect_timeout=300ms", etcd.addr());
+    let (a_store, b_store, watcher) = (
+        valkeyrie::open(&url).await.unwrap(),
+        valkeyrie::open(&url).await.unwrap(),
+        valkeyrie::open(&url).await.unwrap(),
+    );
+    let a = valkeyrie::register(a_store, "svc", "a", "1", Duration::from_secs(6)).await.unwrap();
+    let mut sets = valkeyrie::discover(&*watcher, "svc").await.unwrap();
+    assert_eq!(sets.next().await.unwrap().unwrap().len(), 1);
+    etcd.kill();
+    etcd.restart();
+    let b = loop {
+        match valkeyrie::register(b_store.clone(), "svc", "b", "2", Duration::from_secs(6)).await {
+            Ok(b) => break b,
+            Err(e) => assert!(e.is_transient() || matches!(e, Error::Backend { .. }), "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "the set did not converge");
+        match tokio::time::timeout(Duration::from_secs(20), sets.next()).await.expect("no update").unwrap() {
+            Ok(set) if set.keys().collect::<Vec<_>>() == ["a", "b"] => break,
+            _ => continue,
+        }
+    }
+    // The registration that predates the restart is still being renewed: it outlives its TTL.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(!a.lost().is_lost());
+    assert!(watcher.exists("svc/a", None).await.unwrap());
+    drop((a, b));
+}
