@@ -86,9 +86,11 @@ impl StoreUrl {
         if rest.contains('#') || query.is_some_and(|q| q.contains('#')) {
             return Err(bad("fragments (#) are not allowed"));
         }
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
+        let (authority, path) = match (scheme, rest.find('/')) {
+            // `embedded://file.gz`, `embedded://dir/file.gz`, `embedded:///abs/file.gz`: all path.
+            (Scheme::Embedded, _) => ("", rest),
+            (_, Some(i)) => (&rest[..i], &rest[i..]),
+            (_, None) => (rest, ""),
         };
         let mut endpoints = Vec::new();
         for ep in authority.split(',').filter(|e| !e.is_empty()) {
@@ -214,23 +216,46 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     let prefix = u.param("prefix").unwrap_or("").to_owned();
     match u.scheme {
         Scheme::Embedded => {
-            u.check_params("embedded", &["prefix", "compact_revisions", "watch_capacity"])?;
-            if !u.endpoints.is_empty() {
-                return Err(Error::InvalidUrl {
-                    url: url.to_owned(),
-                    reason: "embedded:// takes no host (embedded:// or embedded:///path/to/file)".to_owned(),
-                });
+            u.check_params(
+                "embedded",
+                &["prefix", "compact_revisions", "watch_capacity", "listen", "persist_interval"],
+            )?;
+            let compact_revisions = u.number("compact_revisions", 1000, 0..=i64::MAX)?;
+            let watch_capacity = u.number("watch_capacity", 4096, 1..=1 << 24)?;
+            let data = (!u.path.is_empty() && u.path != "/").then(|| std::path::PathBuf::from(&u.path));
+            let listen = match u.param("listen") {
+                None => None,
+                Some(v) => Some(v.parse::<std::net::SocketAddr>().map_err(|_| Error::InvalidParameter {
+                    name: "listen".into(),
+                    value: v.into(),
+                    reason: "expected ip:port, such as 127.0.0.1:2379".into(),
+                })?),
+            };
+            let persist_interval = u.number("persist_interval", 0, 0..=u64::MAX)?;
+            if data.is_none() && listen.is_none() {
+                if u.param("persist_interval").is_some() {
+                    return Err(Error::InvalidParameter {
+                        name: "persist_interval".into(),
+                        value: persist_interval.to_string(),
+                        reason: "only meaningful with a data file (embedded:///path/to/file)".into(),
+                    });
+                }
+                let config = antietcd::Config::default()
+                    .with_compact_revisions(compact_revisions)
+                    .with_watch_capacity(watch_capacity);
+                return crate::backend::embedded::open(config, &prefix);
             }
-            if !u.path.is_empty() && u.path != "/" {
-                return Err(Error::CallNotSupported {
-                    call: "persistent embedded store",
-                    backend: "embedded",
-                });
-            }
-            let config = antietcd::Config::default()
-                .with_compact_revisions(u.number("compact_revisions", 1000, 0..=i64::MAX)?)
-                .with_watch_capacity(u.number("watch_capacity", 4096, 1..=1 << 24)?);
-            crate::backend::embedded::open(config, &prefix)
+            let config = antietcd::ServerConfig {
+                listen: listen.is_some(),
+                ip: listen.map(|a| a.ip()),
+                port: listen.map_or(0, |a| a.port()),
+                data,
+                persist_interval,
+                compact_revisions,
+                watch_capacity,
+                ..Default::default()
+            };
+            crate::backend::embedded::open_node(config, &prefix).await
         }
         #[cfg(feature = "etcd")]
         Scheme::Etcd | Scheme::Etcds | Scheme::Antietcd | Scheme::Antietcds => {
@@ -322,6 +347,7 @@ mod tests {
             ("embedded://", Scheme::Embedded, &[], "", &[]),
             ("EMBEDDED://", Scheme::Embedded, &[], "", &[]),
             ("embedded:///var/lib/app.db", Scheme::Embedded, &[], "/var/lib/app.db", &[]),
+            ("embedded://data/app.db.gz", Scheme::Embedded, &[], "data/app.db.gz", &[]),
             ("embedded://?prefix=/myapp", Scheme::Embedded, &[], "", &[("prefix", "/myapp")]),
             ("embedded://?prefix=%2Fa%20b&x", Scheme::Embedded, &[], "", &[("prefix", "/a b"), ("x", "")]),
             ("etcd://127.0.0.1:2379", Scheme::Etcd, &["127.0.0.1:2379"], "", &[]),
@@ -382,7 +408,8 @@ mod tests {
             ("embedded://?compact_revisions=-1", "InvalidParameter"),
             ("embedded://?watch_capacity=0", "InvalidParameter"),
             ("embedded://?watch_capacity=lots", "InvalidParameter"),
-            ("embedded://host:1", "InvalidUrl"),
+            ("embedded://?listen=nowhere", "InvalidParameter"),
+            ("embedded://?persist_interval=100", "InvalidParameter"),
             ("redis://h:1", "UnknownScheme"),
             #[cfg(not(feature = "etcd"))]
             ("etcd://h:1", "FeatureNotEnabled"),

@@ -5,33 +5,63 @@ use crate::error::{Error, Result};
 use crate::kv::{EventKind, LeaseId};
 use crate::store::Store;
 use antietcd::{
-    Compare, CompareResult, CompareTarget, DeleteRequest, Engine, KeyRange, KeyValue, PutRequest,
-    RangeRequest, TxnOp, TxnOpResponse, TxnRequest, WatchError, WatchRequest,
+    Compare, CompareResult, CompareTarget, DeleteRequest, Engine, KeyRange, KeyValue, Node, PutRequest,
+    RangeRequest, ServerConfig, ServerError, TxnOp, TxnOpResponse, TxnRequest, WatchError, WatchRequest,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 const NAME: &str = "embedded";
 
-/// The embedded backend over one engine. `owner` handles close the engine when they close.
+/// The embedded backend over one engine.
 #[derive(Debug)]
 pub(crate) struct Embedded {
     engine: Engine,
-    owner: bool,
+    /// What closing this handle closes: nothing (another handle owns the engine), the engine, or the node
+    /// around it (persistence, listener).
+    owned: Owned,
+    /// The durability barrier of a persistent node: writes are acknowledged once on disk. Weak, so that
+    /// close can take the node back from `owned` to shut it down.
+    durable: Option<Weak<Node>>,
 }
 
-/// A store over an engine that this store owns: closing the store closes the engine.
+#[derive(Debug)]
+enum Owned {
+    Nothing,
+    Engine,
+    Node(tokio::sync::Mutex<Option<Arc<Node>>>),
+}
+
+/// A store over an in-memory engine that this store owns: closing the store closes the engine.
 pub(crate) fn open(config: antietcd::Config, prefix: &str) -> Result<Arc<dyn Store>> {
     let engine = Engine::new(config).map_err(map_err)?;
-    Ok(Arc::new(Client::new(Embedded { engine, owner: true }, prefix)))
+    Ok(Arc::new(Client::new(Embedded { engine, owned: Owned::Engine, durable: None }, prefix)))
+}
+
+/// A store over an antietcd node (persistent, serving, or both) that this store owns: closing the store
+/// shuts the node down (a last persist, listener and websockets closed).
+pub(crate) async fn open_node(config: ServerConfig, prefix: &str) -> Result<Arc<dyn Store>> {
+    let persistent = config.data.is_some() && config.persist_interval == 0;
+    let node = Arc::new(Node::start(config).await.map_err(node_err)?);
+    let engine = node.engine().clone();
+    let durable = persistent.then(|| Arc::downgrade(&node));
+    let owned = Owned::Node(tokio::sync::Mutex::new(Some(node)));
+    Ok(Arc::new(Client::new(Embedded { engine, owned, durable }, prefix)))
 }
 
 /// Another store handle on an existing engine, with its own leases and watches. Closing it leaves the
 /// engine running for its other users.
 pub fn connect(engine: &Engine, prefix: &str) -> Arc<dyn Store> {
-    Arc::new(Client::new(Embedded { engine: engine.clone(), owner: false }, prefix))
+    Arc::new(Client::new(Embedded { engine: engine.clone(), owned: Owned::Nothing, durable: None }, prefix))
+}
+
+fn node_err(e: ServerError) -> Error {
+    match e {
+        ServerError::Engine(e) => map_err(e),
+        e => Error::backend(NAME, e),
+    }
 }
 
 fn map_err(e: antietcd::Error) -> Error {
@@ -83,6 +113,17 @@ fn compare(c: Cmp) -> Compare {
     }
 }
 
+impl Embedded {
+    /// Waits until `revision` is on disk, for a persistent node.
+    async fn sync(&self, revision: i64) -> Result<()> {
+        let Some(node) = &self.durable else { return Ok(()) };
+        match node.upgrade() {
+            Some(node) => node.sync(revision).await.map_err(node_err),
+            None => Err(Error::Closed),
+        }
+    }
+}
+
 #[async_trait]
 impl Backend for Embedded {
     fn name(&self) -> &'static str {
@@ -97,16 +138,24 @@ impl Backend for Embedded {
     async fn put(&self, key: Bytes, value: Bytes, lease: Option<LeaseId>) -> Result<i64> {
         let mut req = PutRequest::new(key, value);
         req.lease = lease.map(|l| antietcd::LeaseId(l.0));
-        Ok(self.engine.put(req).map_err(map_err)?.revision)
+        let revision = self.engine.put(req).map_err(map_err)?.revision;
+        self.sync(revision).await?;
+        Ok(revision)
     }
 
     async fn txn(&self, cmp: Vec<Cmp>, success: Vec<Op>, failure: Vec<Op>) -> Result<TxnResult> {
+        let writes = |ops: &[Op]| ops.iter().any(|op| !matches!(op, Op::Get(_)));
+        let (success_writes, failure_writes) = (writes(&success), writes(&failure));
         let req = TxnRequest {
             compare: cmp.into_iter().map(compare).collect(),
             success: success.into_iter().map(op).collect(),
             failure: failure.into_iter().map(op).collect(),
         };
         let resp = self.engine.txn(&req).map_err(map_err)?;
+        // Reads need no durability barrier (and must keep working when the disk does not).
+        if if resp.succeeded { success_writes } else { failure_writes } {
+            self.sync(resp.revision).await?;
+        }
         let results = resp
             .responses
             .into_iter()
@@ -129,7 +178,8 @@ impl Backend for Embedded {
     }
 
     async fn revoke(&self, id: LeaseId) -> Result<()> {
-        self.engine.lease_revoke(antietcd::LeaseId(id.0)).map_err(map_err).map(drop)
+        let revision = self.engine.lease_revoke(antietcd::LeaseId(id.0)).map_err(map_err)?;
+        self.sync(revision).await
     }
 
     async fn watch(&self, r: Range, start_revision: i64) -> Result<RawWatch> {
@@ -159,8 +209,27 @@ impl Backend for Embedded {
     }
 
     async fn close(&self) {
-        if self.owner {
-            self.engine.close();
+        match &self.owned {
+            Owned::Nothing => {}
+            Owned::Engine => self.engine.close(),
+            Owned::Node(slot) => {
+                let Some(mut node) = slot.lock().await.take() else { return };
+                // Writes still waiting on the barrier hold the node for a moment: let them finish.
+                for _ in 0..500 {
+                    match Arc::try_unwrap(node) {
+                        Ok(node) => {
+                            if let Err(e) = node.shutdown().await {
+                                tracing::error!(error = %e, "embedded node did not shut down cleanly");
+                            }
+                            return;
+                        }
+                        Err(shared) => node = shared,
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                tracing::error!("embedded node still busy after 5 s; closing without a final persist");
+                self.engine.close();
+            }
         }
     }
 }

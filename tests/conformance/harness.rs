@@ -144,3 +144,34 @@ impl Harness for Remote {
         self.caps
     }
 }
+
+/// Our antietcd server, in this process on a port-0 listener, reached over HTTP and websockets.
+#[cfg(feature = "etcd")]
+pub struct OurServer {
+    base: String,
+    _node: antietcd::Node,
+}
+
+#[cfg(feature = "etcd")]
+impl OurServer {
+    pub async fn start() -> Arc<dyn Harness> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = antietcd::Node::with_listener(antietcd::ServerConfig::default(), listener).await.unwrap();
+        let base = format!("antietcd://{}", node.local_addr().unwrap());
+        Arc::new(OurServer { base, _node: node })
+    }
+}
+
+#[cfg(feature = "etcd")]
+#[async_trait]
+impl Harness for OurServer {
+    async fn connect(&self, prefix: &str) -> Arc<dyn Store> {
+        let url =
+            if prefix.is_empty() { self.base.clone() } else { format!("{}?prefix={prefix}", self.base) };
+        valkeyrie::open(&url).await.unwrap_or_else(|e| panic!("open {url}: {e}"))
+    }
+
+    fn caps(&self) -> Caps {
+        Caps::FULL
+    }
+}

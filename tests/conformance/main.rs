@@ -29,7 +29,8 @@ macro_rules! conformance {
         $(
             #[tokio::test(start_paused = $paused)]
             async fn $case() {
-                run($harness, stringify!($case), |env| Box::pin(cases::$case(env))).await;
+                let harness = $harness;
+                run(harness, stringify!($case), |env| Box::pin(cases::$case(env))).await;
             }
         )*
     };
@@ -44,3 +45,6 @@ conformance!(etcd, false, Remote::etcd());
 // Node antietcd 1.3.1, one throwaway server per test.
 #[cfg(feature = "etcd")]
 conformance!(node_antietcd, false, Remote::node_antietcd());
+// Our antietcd server over HTTP and websockets, in-process on a port-0 listener.
+#[cfg(feature = "etcd")]
+conformance!(antietcd_server, false, OurServer::start().await);
