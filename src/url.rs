@@ -3,6 +3,7 @@
 //! | URL | backend |
 //! |---|---|
 //! | `embedded://` | an in-memory antietcd engine inside this process |
+//! | `embedded:///path/file.gz` | the same, persisted; `?listen=ip:port` also serves antietcd's API |
 //! | `etcd://host:port[,host:port…]`, `etcds://…` | etcd over its v3 JSON API (HTTP / HTTPS) |
 //! | `antietcd://host:port[,host:port…]`, `antietcds://…` | an antietcd server (ours or Node's) |
 //!
@@ -195,13 +196,18 @@ fn percent_decode(s: &str) -> std::result::Result<String, String> {
 /// | URL | backend |
 /// |---|---|
 /// | `embedded://` | an in-memory antietcd engine inside this process |
+/// | `embedded:///path/file.gz` | the same, persisted in antietcd's gzip-JSON format |
+/// | `embedded://?listen=ip:port` | the same, also serving antietcd's REST + websocket API |
 /// | `etcd://host:port[,host:port…]`, `etcds://…` | etcd over its v3 JSON API (HTTP / HTTPS) |
 /// | `antietcd://host:port[,host:port…]`, `antietcds://…` | an antietcd server (ours or Node's) |
 ///
 /// Every backend takes `prefix=/app` (all keys of the store live under `/app/`). The embedded backend
-/// also takes `compact_revisions=N` (revisions of history kept for watches, default 1000) and
-/// `watch_capacity=N` (batches a watch consumer may fall behind before it gets
-/// [`Error::Lagged`], default 4096). Unknown parameters and bad values are typed errors.
+/// also takes `compact_revisions=N` (revisions of history kept for watches, default 1000),
+/// `watch_capacity=N` (batches a watch consumer may fall behind before it gets [`Error::Lagged`],
+/// default 4096), `listen=ip:port` and, with a file, `persist_interval=ms` (antietcd's relaxed mode:
+/// persist at most that often, acknowledging writes before they are on disk). The remote backends take
+/// `timeout`, `connect_timeout`, `username` and `password`, `ca`, `cert` and `key`. Unknown parameters
+/// and bad values are typed errors.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

@@ -491,7 +491,9 @@ impl<B: Backend> Store for Client<B> {
         let prefix = self.dir_prefix(dir);
         let consistent = options.unwrap_or_default().consistent;
         let (_, kvs, dir_exists) = self.snapshot(&prefix, consistent).await?;
-        if kvs.is_empty() && !dir_exists && prefix.is_some() {
+        // The root of the store (or of its namespace) always exists.
+        let root = dir.trim_matches('/').is_empty();
+        if kvs.is_empty() && !dir_exists && !root {
             return Err(Error::not_found(dir));
         }
         Ok(kvs.into_iter().map(|kv| self.pair(kv)).collect())

@@ -141,8 +141,11 @@ pub async fn list(env: &Env) {
     );
     // A directory with children but no key of its own exists.
     assert_eq!(keys(&s.list("testListSibling", None).await.unwrap()), ["testListSibling/x"]);
-    // The namespace's root lists everything in it.
+    // The namespace's root lists everything in it; an empty namespace's root is empty, not missing.
     assert_eq!(s.list("", None).await.unwrap().len(), 7);
+    let empty = env.connect(&format!("{}/empty-namespace", env.ns)).await;
+    assert!(empty.list("/", None).await.unwrap().is_empty());
+    empty.close().await.unwrap();
 }
 
 /// valkeyrie testDeleteTree, exact, plus: the directory key goes too, siblings stay, an empty tree is
