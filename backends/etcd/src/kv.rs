@@ -77,6 +77,37 @@ impl KeyValue {
     }
 }
 
+/// The four range builders of an options type with a `spec: RangeSpec` field; `$what` is the verb that
+/// opens each doc line ("Reads", "Deletes", "Watches").
+macro_rules! range_builders {
+    ($what:literal) => {
+        #[doc = concat!($what, " the keys in `[key, end)`.")]
+        pub fn with_range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
+            self.spec = RangeSpec::End(end.into());
+            self
+        }
+
+        #[doc = concat!($what, " every key that starts with the key.")]
+        pub fn with_prefix(mut self) -> Self {
+            self.spec = RangeSpec::Prefix;
+            self
+        }
+
+        #[doc = concat!($what, " every key greater than or equal to the key.")]
+        pub fn with_from_key(mut self) -> Self {
+            self.spec = RangeSpec::FromKey;
+            self
+        }
+
+        #[doc = concat!($what, " every key in the store (the key is ignored).")]
+        pub fn with_all_keys(mut self) -> Self {
+            self.spec = RangeSpec::All;
+            self
+        }
+    };
+}
+pub(crate) use range_builders;
+
 /// Which keys a request covers, relative to its key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) enum RangeSpec {
@@ -163,29 +194,7 @@ impl RangeOptions {
         Self::default()
     }
 
-    /// Reads the keys in `[key, end)`.
-    pub fn with_range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.spec = RangeSpec::End(end.into());
-        self
-    }
-
-    /// Reads every key that starts with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.spec = RangeSpec::Prefix;
-        self
-    }
-
-    /// Reads every key greater than or equal to the key.
-    pub fn with_from_key(mut self) -> Self {
-        self.spec = RangeSpec::FromKey;
-        self
-    }
-
-    /// Reads every key in the store (the key is ignored).
-    pub fn with_all_keys(mut self) -> Self {
-        self.spec = RangeSpec::All;
-        self
-    }
+    range_builders!("Reads");
 
     /// Returns at most `limit` keys (0: no limit); `more` then says whether there were more.
     pub fn with_limit(mut self, limit: i64) -> Self {
@@ -477,29 +486,7 @@ impl DeleteOptions {
         Self::default()
     }
 
-    /// Deletes the keys in `[key, end)`.
-    pub fn with_range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.spec = RangeSpec::End(end.into());
-        self
-    }
-
-    /// Deletes every key that starts with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.spec = RangeSpec::Prefix;
-        self
-    }
-
-    /// Deletes every key greater than or equal to the key.
-    pub fn with_from_key(mut self) -> Self {
-        self.spec = RangeSpec::FromKey;
-        self
-    }
-
-    /// Deletes every key.
-    pub fn with_all_keys(mut self) -> Self {
-        self.spec = RangeSpec::All;
-        self
-    }
+    range_builders!("Deletes");
 
     /// Returns the deleted key-value pairs.
     pub fn with_prev_kv(mut self) -> Self {

@@ -36,6 +36,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::client::Client;
 use crate::codec::{b64, in_range, int, is_false, is_zero};
 use crate::error::{BoxError, Error, Result};
+use crate::kv::range_builders;
 use crate::kv::{self, KeyValue, RangeSpec, ResponseHeader};
 
 /// How watches reach the server.
@@ -87,29 +88,7 @@ impl WatchOptions {
         Self::default()
     }
 
-    /// Watches `[key, end)`.
-    pub fn with_range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.spec = RangeSpec::End(end.into());
-        self
-    }
-
-    /// Watches every key that starts with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.spec = RangeSpec::Prefix;
-        self
-    }
-
-    /// Watches every key greater than or equal to the key.
-    pub fn with_from_key(mut self) -> Self {
-        self.spec = RangeSpec::FromKey;
-        self
-    }
-
-    /// Watches every key.
-    pub fn with_all_keys(mut self) -> Self {
-        self.spec = RangeSpec::All;
-        self
-    }
+    range_builders!("Watches");
 
     /// Replays history from this revision (inclusive) before live events.
     pub fn with_start_revision(mut self, revision: i64) -> Self {
