@@ -36,6 +36,7 @@ pub mod persist;
 mod server;
 pub mod tls;
 mod types;
+pub mod wal;
 mod watch;
 mod wire;
 mod ws;
