@@ -26,6 +26,48 @@ pub const MAX_TXN_OPS: usize = 100_000;
 /// How deeply transactions may nest.
 pub const MAX_TXN_DEPTH: usize = 16;
 
+/// Receives every change of an engine, in commit order, while the engine's lock is held: a write-ahead log
+/// queues them (see [`crate::durable`]). Keep `record` cheap and non-blocking.
+///
+/// A journal that refuses a record (returns `Err`) makes the write fail with [`Error::Journal`] and undoes
+/// it: a change that cannot be logged is never applied.
+pub trait Journal: Send + Sync + std::fmt::Debug + 'static {
+    /// Logs one change.
+    fn record(&self, record: &JournalRecord<'_>) -> Result<(), String>;
+}
+
+/// One journaled change. Replaying them in order with [`Engine::replay`], on top of the state they started
+/// from, rebuilds the engine (lease expiry times restart from the replay: leases get their full TTL, as etcd
+/// does after a restart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JournalRecord<'a> {
+    /// The events of one revision (previous values are not kept).
+    Commit {
+        /// The revision.
+        revision: Revision,
+        /// Its events, in order.
+        events: std::borrow::Cow<'a, [Event]>,
+    },
+    /// A lease was granted.
+    LeaseGrant {
+        /// Its id.
+        id: LeaseId,
+        /// Its TTL in seconds.
+        ttl: i64,
+    },
+    /// A lease was revoked or expired (its keys' deletion is the `Commit` before this record).
+    LeaseRevoke {
+        /// Its id.
+        id: LeaseId,
+    },
+    /// History before `revision` was compacted explicitly (automatic compaction replays by itself).
+    Compact {
+        /// The new compact revision.
+        revision: Revision,
+    },
+}
+
 /// Tuning of an [`Engine`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -123,6 +165,8 @@ pub(crate) struct State {
     history: VecDeque<Arc<WatchBatch>>,
     pub(crate) hub: Hub,
     closed: bool,
+    /// Where changes are logged before they are applied, if anywhere.
+    journal: Option<Arc<dyn Journal>>,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -208,11 +252,29 @@ impl Engine {
         let mut st = self.state();
         st.check_open()?;
         let next = st.revision + 1;
-        let mut w = Writer { st: &mut st, revision: next, events: Vec::new(), undo: Vec::new() };
+        let mut w = Writer { st: &mut st, revision: next, events: Vec::new(), undo: Vec::new(), revoked: Vec::new() };
         match f(&mut w) {
             Ok(r) => {
                 let events = std::mem::take(&mut w.events);
+                let revoked = std::mem::take(&mut w.revoked);
+                // Log first: what cannot be logged is undone, never applied.
+                if let Some(journal) = w.st.journal.clone() {
+                    let mut records = Vec::with_capacity(1 + revoked.len());
+                    if !events.is_empty() {
+                        records.push(JournalRecord::Commit { revision: next, events: events.as_slice().into() });
+                    }
+                    records.extend(revoked.iter().map(|id| JournalRecord::LeaseRevoke { id: *id }));
+                    if let Err(e) = records.iter().try_for_each(|r| journal.record(r)) {
+                        w.rollback();
+                        return Err(Error::Journal(e));
+                    }
+                }
                 drop(w);
+                for id in revoked {
+                    if let Some(lease) = st.leases.remove(&id) {
+                        st.expiry.remove(&(lease.expires, id));
+                    }
+                }
                 st.commit(events, &self.inner.config);
                 Ok((r, st.revision))
             }
@@ -244,6 +306,9 @@ impl Engine {
                 }
             },
         };
+        if let Some(journal) = &st.journal {
+            journal.record(&JournalRecord::LeaseGrant { id, ttl }).map_err(Error::Journal)?;
+        }
         let expires = Instant::now() + Duration::from_secs(ttl as u64);
         st.leases.insert(id, Lease { ttl, expires, keys: BTreeSet::new() });
         let earliest = st.expiry.first().is_none_or(|(t, _)| expires < *t);
@@ -303,6 +368,9 @@ impl Engine {
         }
         if revision <= st.compact_revision {
             return Err(Error::Compacted { requested: revision, compact_revision: st.compact_revision });
+        }
+        if let Some(journal) = &st.journal {
+            journal.record(&JournalRecord::Compact { revision }).map_err(Error::Journal)?;
         }
         st.compact(revision);
         Ok(())
@@ -379,6 +447,127 @@ impl Engine {
         st.revision = max_rev;
         st.compact_revision = max_rev;
         st.history.clear();
+        Ok(())
+    }
+
+    /// Logs every later change to `journal` (or stops logging, with `None`).
+    pub fn set_journal(&self, journal: Option<Arc<dyn Journal>>) {
+        self.state().journal = journal;
+    }
+
+    /// A consistent copy of every key and lease, together with `f()` evaluated under the same lock: with a
+    /// journal, `f` can read the journal's position, which then matches the copy exactly.
+    pub fn snapshot_with<T>(&self, f: impl FnOnce() -> T) -> Result<(Snapshot, T), Error> {
+        let st = self.state();
+        st.check_open()?;
+        let now = Instant::now();
+        let kvs = st.kv.iter().map(|(k, e)| e.to_kv(k)).collect();
+        let mut leases: Vec<LeaseSnapshot> = st
+            .leases
+            .iter()
+            .map(|(id, l)| LeaseSnapshot { id: *id, ttl: l.ttl, remaining: l.expires.saturating_duration_since(now) })
+            .collect();
+        leases.sort_by_key(|l| l.id);
+        let snapshot = Snapshot { revision: st.revision, compact_revision: st.compact_revision, kvs, leases };
+        Ok((snapshot, f()))
+    }
+
+    /// Replaces the whole state with `snapshot`, keys with their leases, for recovery before serving. Leases
+    /// get their full TTL from now. History starts empty: watches can start after the snapshot's revision.
+    pub fn load(&self, snapshot: &Snapshot) -> Result<(), Error> {
+        let mut guard = self.state();
+        guard.check_open()?;
+        let st = &mut *guard;
+        st.kv.clear();
+        st.leases.clear();
+        st.expiry.clear();
+        st.history.clear();
+        let now = Instant::now();
+        for l in &snapshot.leases {
+            let expires = now + Duration::from_secs(l.ttl.max(1) as u64);
+            st.leases.insert(l.id, Lease { ttl: l.ttl.max(1), expires, keys: BTreeSet::new() });
+            st.expiry.insert((expires, l.id));
+        }
+        for kv in &snapshot.kvs {
+            if kv.key.is_empty() {
+                continue;
+            }
+            let lease = kv.lease.filter(|id| st.leases.contains_key(id));
+            let entry = Entry {
+                value: kv.value.clone(),
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                version: kv.version.max(1),
+                lease,
+            };
+            st.set_entry(&kv.key, Some(entry));
+        }
+        st.revision = snapshot.revision.max(0);
+        // The batch of the snapshot's own revision is not kept: history starts after it.
+        st.compact_revision = st.revision + 1;
+        drop(guard);
+        self.inner.lease_timer.notify_one();
+        Ok(())
+    }
+
+    /// Re-applies a journaled change during recovery (not journaled again). Commits must come in revision
+    /// order; watchers and history see them like any change.
+    pub fn replay(&self, record: &JournalRecord<'_>) -> Result<(), Error> {
+        let mut st = self.state();
+        st.check_open()?;
+        match record {
+            JournalRecord::Commit { revision, events } => {
+                if *revision <= st.revision {
+                    return Ok(()); // Already in the state it replays onto.
+                }
+                for e in events.iter() {
+                    match e.kind {
+                        EventKind::Put => {
+                            let lease = e.kv.lease.filter(|id| st.leases.contains_key(id));
+                            let entry = Entry {
+                                value: e.kv.value.clone(),
+                                create_revision: e.kv.create_revision,
+                                mod_revision: e.kv.mod_revision,
+                                version: e.kv.version,
+                                lease,
+                            };
+                            st.set_entry(&e.kv.key, Some(entry));
+                        }
+                        EventKind::Delete => {
+                            st.set_entry(&e.kv.key, None);
+                        }
+                    }
+                }
+                st.revision = revision - 1;
+                let events: Vec<Event> = events.iter().cloned().collect();
+                st.commit(events, &self.inner.config);
+            }
+            JournalRecord::LeaseGrant { id, ttl } => {
+                let expires = Instant::now() + Duration::from_secs((*ttl).max(1) as u64);
+                let old = st.leases.insert(*id, Lease { ttl: (*ttl).max(1), expires, keys: BTreeSet::new() });
+                if let Some(old) = old {
+                    st.expiry.remove(&(old.expires, *id));
+                }
+                st.expiry.insert((expires, *id));
+            }
+            JournalRecord::LeaseRevoke { id } => {
+                if let Some(lease) = st.leases.remove(id) {
+                    st.expiry.remove(&(lease.expires, *id));
+                    for key in lease.keys {
+                        if let Some(e) = st.kv.get_mut(&key[..]) {
+                            e.lease = None;
+                        }
+                    }
+                }
+            }
+            JournalRecord::Compact { revision } => {
+                if *revision > st.compact_revision && *revision <= st.revision {
+                    st.compact(*revision);
+                }
+            }
+        }
+        drop(st);
+        self.inner.lease_timer.notify_one();
         Ok(())
     }
 
@@ -612,6 +801,8 @@ struct Writer<'a> {
     revision: Revision,
     events: Vec<Event>,
     undo: Vec<(Bytes, Option<Entry>)>,
+    /// Leases revoked by this write, removed once it commits.
+    revoked: Vec<LeaseId>,
 }
 
 impl Writer<'_> {
@@ -709,10 +900,8 @@ impl Writer<'_> {
         for key in &keys {
             self.delete_key(key, None);
         }
-        // Removing the lease is the last step, after which nothing can fail: no undo needed for it.
-        if let Some(lease) = self.st.leases.remove(&id) {
-            self.st.expiry.remove(&(lease.expires, id));
-        }
+        // The lease itself goes when the write commits (after journaling), so a refused write keeps it.
+        self.revoked.push(id);
         Ok(())
     }
 }

@@ -55,6 +55,9 @@ pub enum Error {
     /// [`MAX_TXN_OPS`](crate::MAX_TXN_OPS) operations.
     #[error("transaction too large: {0}")]
     TxnTooLarge(&'static str),
+    /// The change could not be logged (the write-ahead log failed); it was not applied.
+    #[error("the change could not be logged: {0}")]
+    Journal(String),
     /// The engine must be created inside a tokio runtime (it runs a lease-expiry task).
     #[error("the engine needs a tokio runtime")]
     NoRuntime,

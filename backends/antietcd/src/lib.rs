@@ -29,6 +29,7 @@
 //! ```
 
 mod config;
+pub mod durable;
 mod engine;
 mod error;
 mod http;
@@ -42,7 +43,7 @@ mod wire;
 mod ws;
 
 pub use config::{parse_bool, ConfigError, ServerConfig};
-pub use engine::{Config, Engine, MAX_LEASE_TTL, MAX_TXN_DEPTH, MAX_TXN_OPS};
+pub use engine::{Config, Engine, Journal, JournalRecord, MAX_LEASE_TTL, MAX_TXN_DEPTH, MAX_TXN_OPS};
 pub use error::Error;
 pub use persist::{PersistError, PersistFilter};
 pub use server::{serve, Node, ServerError};

@@ -466,17 +466,31 @@ impl Wal {
         self.durable.borrow().seq
     }
 
-    /// Writes a checkpoint: `payload` must be the caller's state including every record queued so far
-    /// (call it where no record can be queued concurrently, e.g. under the lock that orders appends). After
-    /// it, the log starts a new segment and drops the older ones. Returns once the checkpoint is on disk.
+    /// Writes a checkpoint of the caller's state including every record queued so far. Call it where no
+    /// record can be queued concurrently (e.g. under the lock that orders appends), or use
+    /// [`Wal::checkpoint_at`]. Returns once the checkpoint is on disk.
     pub fn checkpoint(&self, payload: Vec<u8>) -> impl std::future::Future<Output = Result<(), WalError>> {
+        let seq = self.last_seq();
+        self.checkpoint_at(seq, payload)
+    }
+
+    /// Writes a checkpoint of the caller's state including exactly the records up to `seq` (read with
+    /// [`Wal::last_seq`] at the moment the state was copied; records queued since stay in the log). Older
+    /// segments and checkpoints are then removed. Returns once the checkpoint is on disk.
+    pub fn checkpoint_at(
+        &self,
+        seq: u64,
+        payload: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<(), WalError>> {
         let (done_tx, done_rx) = oneshot::channel();
         let queued = {
             let q = lock(&self.queue);
             match q.tx.as_ref() {
-                Some(tx) => {
-                    tx.send(Cmd::Checkpoint(q.next_seq - 1, payload, done_tx)).map_err(|_| WalError::Closed)
-                }
+                Some(_) if seq >= q.next_seq => Err(WalError::Failed(format!(
+                    "checkpoint at record {seq}, but only {} records were written",
+                    q.next_seq - 1
+                ))),
+                Some(tx) => tx.send(Cmd::Checkpoint(seq, payload, done_tx)).map_err(|_| WalError::Closed),
                 None => Err(WalError::Closed),
             }
         };
@@ -550,7 +564,7 @@ impl Writer {
                         }
                     }
                     Cmd::Checkpoint(seq, payload, done) => {
-                        self.guard(|w| w.flush(&mut buf));
+                                        self.guard(|w| w.flush(&mut buf));
                         let result = match &self.failed {
                             Some(f) => Err(WalError::Failed(f.clone())),
                             None => self.write_checkpoint(seq, &payload),
@@ -645,17 +659,30 @@ impl Writer {
             .map_err(|e| io_err("writing checkpoint", &tmp, e))?;
         fs::rename(&tmp, &final_path).map_err(|e| io_err("renaming", &tmp, e))?;
         sync_dir(&self.dir)?;
-        // Later records go to a fresh segment; everything older is covered by the checkpoint.
-        let old_segment = self.path.clone();
-        self.rotate(seq + 1)?;
+        // Later records go to a fresh segment, so that every older one is either wholly covered by the
+        // checkpoint or still needed.
+        if self.size > 0 {
+            self.rotate(self.last_seq + 1)?;
+        }
+        let mut segments: Vec<(u64, PathBuf)> = Vec::new();
+        let mut stale = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(|e| io_err("listing", &self.dir, e))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let stale_segment =
-                parse_name(&name, "wal-", ".log").is_some_and(|s| s <= seq) || entry.path() == old_segment;
-            let stale_snapshot = parse_name(&name, "snap-", ".bin").is_some_and(|s| s < seq);
-            if (stale_segment && entry.path() != self.path) || stale_snapshot {
-                let _ = fs::remove_file(entry.path());
+            if let Some(first) = parse_name(&name, "wal-", ".log") {
+                segments.push((first, entry.path()));
+            } else if parse_name(&name, "snap-", ".bin").is_some_and(|s| s < seq) {
+                stale.push(entry.path());
             }
+        }
+        segments.sort();
+        // A segment is covered when the next one starts at or before the first record after the checkpoint.
+        for pair in segments.windows(2) {
+            if pair[1].0 <= seq + 1 && pair[0].1 != self.path {
+                stale.push(pair[0].1.clone());
+            }
+        }
+        for path in stale {
+            let _ = fs::remove_file(path);
         }
         sync_dir(&self.dir)?;
         lock(&self.stats).checkpoints += 1;
