@@ -18,7 +18,7 @@ fn dir(name: &str) -> PathBuf {
     d
 }
 
-async fn open(d: &PathBuf, options: DurableOptions) -> (Engine, Durable) {
+async fn open(d: &std::path::Path, options: DurableOptions) -> (Engine, Durable) {
     Durable::open(d, Config::default(), options).await.unwrap()
 }
 
