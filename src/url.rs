@@ -196,7 +196,8 @@ fn percent_decode(s: &str) -> std::result::Result<String, String> {
 /// | URL | backend |
 /// |---|---|
 /// | `embedded://` | an in-memory antietcd engine inside this process |
-/// | `embedded:///path/file.gz` | the same, persisted in antietcd's gzip-JSON format |
+/// | `embedded:///path/dir` | the same, durable: a write-ahead log with group commit in `dir` |
+/// | `embedded:///path/file.gz` | the same, persisted in antietcd's gzip-JSON format (compatibility) |
 /// | `embedded://?listen=ip:port` | the same, also serving antietcd's REST + websocket API |
 /// | `etcd://host:port[,host:port…]`, `etcds://…` | etcd over its v3 JSON API (HTTP / HTTPS) |
 /// | `antietcd://host:port[,host:port…]`, `antietcds://…` | an antietcd server (ours or Node's) |
@@ -251,11 +252,18 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
                     .with_watch_capacity(watch_capacity);
                 return crate::backend::embedded::open(config, &prefix);
             }
+            // A `.gz` file is antietcd's gzip-JSON format (compatibility, import/export); anything else is a
+            // directory holding a write-ahead log, whose cost per write does not grow with the store.
+            let (data, data_dir) = match data {
+                Some(p) if p.extension().is_some_and(|e| e == "gz") => (Some(p), None),
+                other => (None, other),
+            };
             let config = antietcd::ServerConfig {
                 listen: listen.is_some(),
                 ip: listen.map(|a| a.ip()),
                 port: listen.map_or(0, |a| a.port()),
                 data,
+                data_dir,
                 persist_interval,
                 compact_revisions,
                 watch_capacity,

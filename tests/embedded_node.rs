@@ -42,6 +42,31 @@ async fn persistent_store_survives_reopen() {
     store.close().await.unwrap();
 }
 
+/// The durable mode (`embedded:///dir`): a crash (no close) loses nothing acknowledged, and leases with
+/// their keys survive the restart.
+#[tokio::test]
+async fn durable_store_survives_a_crash() {
+    let dir = temp_dir("durable");
+    let url = format!("embedded://{}", dir.join("store").display());
+    let store = valkeyrie::open(&url).await.unwrap();
+    let mut last = 0;
+    for i in 0..200 {
+        last = store.put(&format!("k{}", i % 20), i.to_string().as_bytes(), None).await.unwrap().last_index;
+    }
+    let lease = store.grant_lease(std::time::Duration::from_secs(60)).await.unwrap();
+    store.put("leased", b"x", Some(valkeyrie::WriteOptions::new().with_lease(lease.id()))).await.unwrap();
+    std::mem::forget(lease); // a crash does not revoke it
+    drop(store); // no close: as if the process died
+    assert!(dir.join("store").is_dir(), "a directory of log segments");
+
+    let store = valkeyrie::open(&url).await.unwrap();
+    assert_eq!(store.get("k19", None).await.unwrap().value, b"199");
+    let leased = store.get("leased", None).await.unwrap();
+    assert!(leased.lease.is_some(), "the key is still attached to its lease");
+    assert!(store.put("next", b"x", None).await.unwrap().last_index > last);
+    store.close().await.unwrap();
+}
+
 /// A store that listens serves the antietcd API: a client of the server sees its writes and watches them,
 /// and the embedding application sees the client's.
 #[tokio::test]

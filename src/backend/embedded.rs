@@ -43,7 +43,7 @@ pub(crate) fn open(config: antietcd::Config, prefix: &str) -> Result<Arc<dyn Sto
 /// A store over an antietcd node (persistent, serving, or both) that this store owns: closing the store
 /// shuts the node down (a last persist, listener and websockets closed).
 pub(crate) async fn open_node(config: ServerConfig, prefix: &str) -> Result<Arc<dyn Store>> {
-    let persistent = config.data.is_some() && config.persist_interval == 0;
+    let persistent = (config.data.is_some() || config.data_dir.is_some()) && config.persist_interval == 0;
     let node = Arc::new(Node::start(config).await.map_err(node_err)?);
     let engine = node.engine().clone();
     let durable = persistent.then(|| Arc::downgrade(&node));

@@ -31,6 +31,11 @@ pub struct ServerConfig {
     /// Persist the store to this file (gzip-JSON, antietcd's format). Without it the store is in memory only.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Keep the store durable in this directory: a write-ahead log with group commit and checkpoints
+    /// (cost per write independent of the store's size). Exclusive with `--data`, which keeps antietcd's
+    /// gzip-JSON file format (rewritten whole on every write) for compatibility and import/export.
+    #[arg(long, visible_alias = "data-dir")]
+    pub data_dir: Option<PathBuf>,
     /// Persist at most once per this many milliseconds and acknowledge writes before they are on disk.
     /// 0: every write is on disk before it is acknowledged (group commit).
     #[arg(long, visible_alias = "persist-interval", default_value_t = 0)]
@@ -140,6 +145,7 @@ impl Default for ServerConfig {
             ip: None,
             listen: true,
             data: None,
+            data_dir: None,
             persist_interval: 0,
             cert: None,
             key: None,
@@ -218,6 +224,13 @@ impl ServerConfig {
         }
         if self.client_cert_auth && self.cert.is_none() {
             return Err(ConfigError::Tls("--client_cert_auth needs --cert and --key"));
+        }
+        if self.data.is_some() && self.data_dir.is_some() {
+            return Err(ConfigError::Invalid {
+                name: "data_dir",
+                reason:
+                    "--data (antietcd's gzip-JSON file) and --data_dir (write-ahead log) exclude each other",
+            });
         }
         if self.compact_revisions < 0 {
             return Err(ConfigError::Invalid { name: "compact_revisions", reason: "must be >= 0" });

@@ -108,7 +108,7 @@ pub struct Durable {
     dir: PathBuf,
     recovery: RecoveryInfo,
     wake: Arc<Notify>,
-    checkpointer: Option<tokio::task::JoinHandle<()>>,
+    checkpointer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Feeds the engine's changes into the log.
@@ -183,6 +183,7 @@ impl Durable {
         });
         info.duration = started.elapsed();
         tracing::info!(?info, "recovered durable store");
+        let checkpointer = std::sync::Mutex::new(checkpointer);
         let durable =
             Durable { engine: engine.clone(), wal, dir: dir.to_owned(), recovery: info, wake, checkpointer };
         if durable.recovery.replayed as u64 >= options.checkpoint_every.max(1) && options.checkpoint_every > 0
@@ -212,12 +213,10 @@ impl Durable {
         checkpoint(&self.engine, &self.wal).await
     }
 
-    /// Writes what is pending, a last checkpoint (so the next start replays nothing), and stops. The
-    /// engine is left open for the caller to close.
-    pub async fn close(mut self) -> Result<(), DurableError> {
-        if let Some(task) = self.checkpointer.take() {
-            task.abort();
-        }
+    /// Writes what is pending, a last checkpoint (so the next start replays nothing), and stops journaling.
+    /// The engine is left open for the caller to close. Idempotent.
+    pub async fn close(&self) -> Result<(), DurableError> {
+        self.stop_checkpointer();
         self.sync().await?;
         if !self.engine.is_closed() {
             checkpoint(&self.engine, &self.wal).await?;
@@ -227,11 +226,18 @@ impl Durable {
     }
 }
 
-impl Drop for Durable {
-    fn drop(&mut self) {
-        if let Some(task) = self.checkpointer.take() {
+impl Durable {
+    fn stop_checkpointer(&self) {
+        let task = self.checkpointer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(task) = task {
             task.abort();
         }
+    }
+}
+
+impl Drop for Durable {
+    fn drop(&mut self) {
+        self.stop_checkpointer();
     }
 }
 

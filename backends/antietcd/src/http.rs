@@ -360,6 +360,9 @@ pub(crate) async fn call(shared: &Arc<Shared>, api: Api, body: &Map<String, Valu
             return Ok(crate::persist::encode_dump(&snap));
         }
     };
+    if let (Some(_), Some(d), false) = (synced_revision, &shared.durable, shared.persist_interval) {
+        d.sync().await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    }
     if let (Some(rev), Some(p)) = (synced_revision, &shared.persister) {
         if !shared.persist_interval {
             p.sync(rev).await?;

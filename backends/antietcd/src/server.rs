@@ -43,6 +43,9 @@ pub enum ServerError {
     /// Reading or writing the data file failed.
     #[error(transparent)]
     Persist(#[from] PersistError),
+    /// The write-ahead log of `--data-dir` failed or does not check out.
+    #[error(transparent)]
+    Durable(#[from] crate::durable::DurableError),
     /// The engine refused.
     #[error(transparent)]
     Engine(#[from] crate::Error),
@@ -64,6 +67,8 @@ pub(crate) struct Metrics {
 pub(crate) struct Shared {
     pub(crate) engine: Engine,
     pub(crate) persister: Option<Arc<Persister>>,
+    /// The write-ahead log of `--data-dir`, if any.
+    pub(crate) durable: Option<Arc<crate::durable::Durable>>,
     /// Whether writes are acknowledged before they are on disk (`persist_interval` set).
     pub(crate) persist_interval: bool,
     pub(crate) codec: Codec,
@@ -222,7 +227,15 @@ impl Node {
             }
             _ => None,
         };
-        let engine = Engine::new(config.engine_config())?;
+        let (engine, durable) = match &config.data_dir {
+            Some(dir) => {
+                let options = crate::durable::DurableOptions::default();
+                let (engine, durable) =
+                    crate::durable::Durable::open(dir, config.engine_config(), options).await?;
+                (engine, Some(Arc::new(durable)))
+            }
+            None => (Engine::new(config.engine_config())?, None),
+        };
         let persister = match &config.data {
             Some(path) => {
                 let path = path.clone();
@@ -252,6 +265,7 @@ impl Node {
         let shared = Arc::new(Shared {
             engine,
             persister,
+            durable,
             persist_interval: config.persist_interval > 0,
             codec: Codec { base64: config.use_base64 },
             merge_watches: config.merge_watches,
@@ -307,6 +321,9 @@ impl Node {
     /// The durability barrier: returns once `revision` is on disk (no-op without a data file). Concurrent
     /// calls share one write. Fails if a write failed (and every later write is refused).
     pub async fn sync(&self, revision: Revision) -> Result<(), ServerError> {
+        if let Some(d) = &self.shared.durable {
+            d.sync().await?;
+        }
         match &self.shared.persister {
             Some(p) => Ok(p.sync(revision).await?),
             None => Ok(()),
@@ -327,8 +344,13 @@ impl Node {
             Some(p) => p.check(),
             None => Ok(()),
         };
+        let durable = match &self.shared.durable {
+            Some(d) => d.close().await,
+            None => Ok(()),
+        };
         self.shared.engine.close();
-        Ok(result?)
+        result?;
+        Ok(durable?)
     }
 }
 

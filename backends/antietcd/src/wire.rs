@@ -36,6 +36,8 @@ impl ApiError {
             E::Closed => return ApiError::new(StatusCode::BAD_GATEWAY, "Server is stopping"),
             E::HistoricalRead { .. } => StatusCode::NOT_IMPLEMENTED,
             E::NoRuntime => StatusCode::INTERNAL_SERVER_ERROR,
+            // The write-ahead log failed: writes are refused until a restart.
+            E::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.to_string())
