@@ -170,3 +170,59 @@ async fn failing_disk_refuses_writes() {
     assert!(v.as_deref() == Some("ok") || v.as_deref() == Some("unacknowledged"), "{v:?}");
     durable.close().await.unwrap();
 }
+
+/// A real full disk: the store on a 256 KiB tmpfs. Writes succeed until the disk fills; then the write is
+/// not acknowledged (ENOSPC), later ones are refused, and a restart on the same full disk has every
+/// acknowledged write. Needs root (it mounts the tmpfs), as CI has.
+#[tokio::test]
+async fn full_disk_on_a_small_tmpfs() {
+    struct Mount(PathBuf);
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let mnt = dir("tmpfs");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount(8) is needed");
+    assert!(status.success(), "mounting a tmpfs failed: this test needs root (as CI runs)");
+    let _mount = Mount(mnt.clone());
+    let d = mnt.join("store");
+    let options = DurableOptions::default().with_checkpoint_every(0);
+    let (e, durable) = open(&d, options.clone()).await;
+    let value = "v".repeat(4000);
+    let mut acknowledged = Vec::new();
+    let mut failure = None;
+    for i in 0..1000 {
+        let key = format!("k{i}");
+        match e.put(PutRequest::new(key.clone(), value.clone())) {
+            Ok(_) => match durable.sync().await {
+                Ok(()) => acknowledged.push(key),
+                Err(err) => {
+                    failure = Some(err.to_string());
+                    break;
+                }
+            },
+            Err(err) => {
+                failure = Some(err.to_string());
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("a 256 KiB disk must fill up");
+    assert!(failure.contains("No space left"), "{failure}");
+    assert!(acknowledged.len() > 20, "{} writes fitted", acknowledged.len());
+    assert!(matches!(e.put(PutRequest::new("after", "x")), Err(Error::Journal(_))));
+    drop(durable);
+    e.close();
+    let (e, durable) = open(&d, options).await;
+    for key in &acknowledged {
+        assert!(e.get(key.as_bytes()).unwrap().1.is_some(), "{key} was acknowledged and is lost");
+    }
+    drop(durable);
+    e.close();
+}
