@@ -90,6 +90,8 @@ pub enum Action {
 
 #[derive(Debug)]
 struct PreVote {
+    /// When it started.
+    started: Duration,
     /// The term the pre-vote asks about (current term + 1 or more).
     target: Term,
     /// Nodes that said they would vote for us in `target` (ourselves included).
@@ -284,11 +286,13 @@ impl Engine {
     /// Starts a new election now (Node's `raft.start()`), for instance after a replication failure.
     ///
     /// It goes through a pre-vote: a leader's own followers grant it, so a leader re-elects itself in
-    /// the next term and gets a fresh followers set; a follower of a live leader does not get a
-    /// quorum and changes nothing.
+    /// the next term and gets a fresh followers set; on a follower of a live leader (pinged within
+    /// `election_timeout`) it does nothing.
     pub fn campaign(&mut self, now: Duration) -> Vec<Action> {
         self.advance(now);
-        self.start_prevote();
+        if !(self.role == Role::Follower && self.is_sticky()) {
+            self.start_prevote();
+        }
         self.take()
     }
 
@@ -682,6 +686,10 @@ impl Engine {
                 if pv.target == term {
                     pv.votes.insert(from.to_owned());
                     pv.grants.insert(from.to_owned());
+                    if self.leader.as_deref() == Some(from) {
+                        // Our leader gave up its lease and voted for us: we are free to run.
+                        self.last_contact = None;
+                    }
                     self.check_prevote();
                 }
             }
@@ -724,6 +732,9 @@ impl Engine {
             self.role = Role::Follower;
             self.votes.clear();
             self.tally.clear();
+            self.prevote = None;
+        }
+        if self.prevote.as_ref().is_some_and(|p| p.started + self.config.election_timeout <= self.now) {
             self.prevote = None;
         }
         self.last_contact = Some(self.now);
@@ -796,6 +807,9 @@ impl Engine {
         let leadership = self.config.leadership_timeout;
         let now = self.now;
         let me = self.id_string();
+        if self.prevote.as_ref().is_some_and(|p| p.started + self.config.election_timeout <= now) {
+            self.prevote = None;
+        }
         let Some(ls) = self.leader_state.as_mut() else { return };
         ls.current_round += 1;
         let round = ls.current_round;
@@ -849,8 +863,12 @@ impl Engine {
         if target > MAX_TERM + 1 {
             return;
         }
-        self.prevote =
-            Some(PreVote { target, grants: BTreeSet::from([self.id_string()]), votes: BTreeSet::new() });
+        self.prevote = Some(PreVote {
+            started: self.now,
+            target,
+            grants: BTreeSet::from([self.id_string()]),
+            votes: BTreeSet::new(),
+        });
         // A leader or a follower of a live leader keeps its role while it asks (re-election above a
         // higher term, priority takeover); anyone else is leaderless until the pre-vote ends.
         if !self.is_sticky() {
@@ -868,6 +886,11 @@ impl Engine {
     }
 
     fn check_prevote(&mut self) {
+        // A follower that acknowledged a live leader must not vote for itself either: the leader's
+        // lease counts on it. It runs only once released (its leader abdicated) or the leader is gone.
+        if self.role == Role::Follower && self.is_sticky() {
+            return;
+        }
         let Some(pv) = self.prevote.as_ref() else { return };
         if pv.grants.len() >= self.config.quorum() && pv.target > self.term {
             let target = pv.target;

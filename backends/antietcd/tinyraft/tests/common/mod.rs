@@ -17,6 +17,12 @@ use std::time::Duration;
 
 use tinyraft::{Action, Config, Engine, Message, RandomSource, Role, SplitMix64, Status, Timer};
 
+fn trace(f: impl FnOnce() -> String) {
+    if std::env::var_os("TINYRAFT_TRACE").is_some() {
+        eprintln!("{}", f());
+    }
+}
+
 /// Milliseconds as a `Duration`.
 pub(crate) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -304,6 +310,7 @@ impl Sim {
             let now = self.now;
             let node = self.nodes.get_mut(&id).expect("known");
             node.timers.remove(&timer);
+            trace(|| format!("{now:?} {id} timer {timer:?}"));
             let actions = node.engine.as_mut().expect("up").handle_timeout(timer, now);
             self.apply(&id, actions);
         } else if let Some(key) = self.queue.keys().next().copied() {
@@ -312,6 +319,7 @@ impl Sim {
                 let now = self.now;
                 if let Some(engine) = self.nodes.get_mut(&env.to).and_then(|n| n.engine.as_mut()) {
                     self.delivered += 1;
+                    trace(|| format!("{now:?} {} -> {}: {:?}", env.from, env.to, env.message));
                     let actions = engine.handle_message(&env.from, env.message, now);
                     let to = env.to.clone();
                     self.apply(&to, actions);
@@ -373,6 +381,7 @@ impl Sim {
                     }
                 }
                 Action::StateChanged(status) => {
+                    trace(|| format!("{:?} {id} state {status:?}", self.now));
                     self.changes.push(Change { at: self.now, node: id.to_owned(), status });
                 }
                 Action::FollowersChanged { term, followers } => {
