@@ -37,7 +37,9 @@ use tokio::sync::Notify;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct DurableOptions {
-    /// Write a checkpoint (and drop the log before it) after this many records. 0: only on close.
+    /// Write a checkpoint (and drop the log before it) after at least this many records, and never before
+    /// the log since the last checkpoint holds as many records as the store holds keys: a checkpoint costs
+    /// O(store), so spacing them by the store's size keeps the cost per write constant. 0: only on close.
     pub checkpoint_every: u64,
     /// The log's own options.
     pub wal: WalOptions,
@@ -116,14 +118,16 @@ pub struct Durable {
 struct WalJournal {
     wal: Arc<Wal>,
     since_checkpoint: AtomicU64,
-    every: u64,
+    /// Records between checkpoints: `checkpoint_every`, or the store's size at the last checkpoint if larger.
+    every: Arc<AtomicU64>,
     wake: Arc<Notify>,
 }
 
 impl Journal for WalJournal {
     fn record(&self, record: &JournalRecord<'_>) -> Result<(), String> {
         self.wal.append(encode_record(record)).map_err(|e| e.to_string())?;
-        if self.every > 0 && self.since_checkpoint.fetch_add(1, Ordering::Relaxed) + 1 >= self.every {
+        let every = self.every.load(Ordering::Relaxed);
+        if every > 0 && self.since_checkpoint.fetch_add(1, Ordering::Relaxed) + 1 >= every {
             self.since_checkpoint.store(0, Ordering::Relaxed);
             self.wake.notify_one();
         }
@@ -161,13 +165,16 @@ impl Durable {
         info.revision = engine.revision();
         let wal = Arc::new(wal);
         let wake = Arc::new(Notify::new());
+        let base_every = options.checkpoint_every;
+        let every =
+            Arc::new(AtomicU64::new(base_every.max(engine.status().keys as u64 * u64::from(base_every > 0))));
         engine.set_journal(Some(Arc::new(WalJournal {
             wal: wal.clone(),
             since_checkpoint: AtomicU64::new(recovered.records.len() as u64),
-            every: options.checkpoint_every,
+            every: every.clone(),
             wake: wake.clone(),
         })));
-        let checkpointer = (options.checkpoint_every > 0).then(|| {
+        let checkpointer = (base_every > 0).then(|| {
             let (engine, wal, wake) = (engine.clone(), wal.clone(), wake.clone());
             tokio::spawn(async move {
                 loop {
@@ -175,8 +182,9 @@ impl Durable {
                     if engine.is_closed() {
                         return;
                     }
-                    if let Err(e) = checkpoint(&engine, &wal).await {
-                        tracing::error!(error = %e, "checkpoint failed");
+                    match checkpoint(&engine, &wal).await {
+                        Ok(keys) => every.store(base_every.max(keys), Ordering::Relaxed),
+                        Err(e) => tracing::error!(error = %e, "checkpoint failed"),
                     }
                 }
             })
@@ -210,7 +218,7 @@ impl Durable {
 
     /// Writes a checkpoint now (and drops the log it covers).
     pub async fn checkpoint(&self) -> Result<(), DurableError> {
-        checkpoint(&self.engine, &self.wal).await
+        checkpoint(&self.engine, &self.wal).await.map(drop)
     }
 
     /// Writes what is pending, a last checkpoint (so the next start replays nothing), and stops journaling.
@@ -242,12 +250,15 @@ impl Drop for Durable {
 }
 
 /// Copies the engine and the log position under the engine's lock, then writes the copy as a checkpoint.
-async fn checkpoint(engine: &Engine, wal: &Arc<Wal>) -> Result<(), DurableError> {
+/// Returns the number of keys checkpointed.
+async fn checkpoint(engine: &Engine, wal: &Arc<Wal>) -> Result<u64, DurableError> {
     let (snapshot, seq) = engine.snapshot_with(|| wal.last_seq())?;
+    let keys = snapshot.kvs.len() as u64;
     let payload = tokio::task::spawn_blocking(move || encode_snapshot(&snapshot))
         .await
         .map_err(|e| WalError::Failed(format!("checkpoint task failed: {e}")))?;
-    Ok(wal.checkpoint_at(seq, payload).await?)
+    wal.checkpoint_at(seq, payload).await?;
+    Ok(keys)
 }
 
 // ---- Encoding ----------------------------------------------------------------------------------------
