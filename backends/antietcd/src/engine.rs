@@ -252,7 +252,8 @@ impl Engine {
         let mut st = self.state();
         st.check_open()?;
         let next = st.revision + 1;
-        let mut w = Writer { st: &mut st, revision: next, events: Vec::new(), undo: Vec::new(), revoked: Vec::new() };
+        let mut w =
+            Writer { st: &mut st, revision: next, events: Vec::new(), undo: Vec::new(), revoked: Vec::new() };
         match f(&mut w) {
             Ok(r) => {
                 let events = std::mem::take(&mut w.events);
@@ -261,7 +262,8 @@ impl Engine {
                 if let Some(journal) = w.st.journal.clone() {
                     let mut records = Vec::with_capacity(1 + revoked.len());
                     if !events.is_empty() {
-                        records.push(JournalRecord::Commit { revision: next, events: events.as_slice().into() });
+                        records
+                            .push(JournalRecord::Commit { revision: next, events: events.as_slice().into() });
                     }
                     records.extend(revoked.iter().map(|id| JournalRecord::LeaseRevoke { id: *id }));
                     if let Err(e) = records.iter().try_for_each(|r| journal.record(r)) {
@@ -465,7 +467,11 @@ impl Engine {
         let mut leases: Vec<LeaseSnapshot> = st
             .leases
             .iter()
-            .map(|(id, l)| LeaseSnapshot { id: *id, ttl: l.ttl, remaining: l.expires.saturating_duration_since(now) })
+            .map(|(id, l)| LeaseSnapshot {
+                id: *id,
+                ttl: l.ttl,
+                remaining: l.expires.saturating_duration_since(now),
+            })
             .collect();
         leases.sort_by_key(|l| l.id);
         let snapshot = Snapshot { revision: st.revision, compact_revision: st.compact_revision, kvs, leases };

@@ -564,7 +564,7 @@ impl Writer {
                         }
                     }
                     Cmd::Checkpoint(seq, payload, done) => {
-                                        self.guard(|w| w.flush(&mut buf));
+                        self.guard(|w| w.flush(&mut buf));
                         let result = match &self.failed {
                             Some(f) => Err(WalError::Failed(f.clone())),
                             None => self.write_checkpoint(seq, &payload),

@@ -22,7 +22,7 @@ fn elects_one(n: usize, seed: u64) -> (String, u64) {
     let mut sim = Sim::new(n, seed);
     sim.run_until(secs(15), |s| s.converged().is_some()).expect("converges");
     let (leader, term) = sim.converged().expect("converged");
-    assert_eq!(sim.role_leaders(), [leader.clone()], "exactly one node in the Leader role");
+    assert_eq!(sim.role_leaders(), std::slice::from_ref(&leader), "exactly one node in the Leader role");
     let followers = sim.engine(&leader).followers().cloned().expect("followers");
     assert_eq!(followers.len(), n, "every node follows: {followers:?}");
     // Nothing moves afterwards.

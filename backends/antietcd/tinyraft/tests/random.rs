@@ -54,7 +54,7 @@ fn run_schedule(seed: u64) -> (u64, u64) {
                 // Kill at most a minority so the survivors can elect.
                 let id = pick(&mut rng, &all).clone();
                 let down = all.iter().filter(|i| !sim.is_up(i)).count();
-                if sim.is_up(&id) && down + 1 <= (n - 1) / 2 {
+                if sim.is_up(&id) && down < (n - 1) / 2 {
                     last_terms.insert(id.clone(), sim.term(&id));
                     sim.kill(&id);
                 }
