@@ -265,3 +265,28 @@ fn random_message_storm_never_panics_and_terms_never_go_back() {
         }
     }
 }
+
+#[test]
+fn a_split_vote_is_detected_and_retried_within_a_heartbeat() {
+    let mut e = engine("n1", None);
+    let mut now = Duration::ZERO;
+    for a in e.start(now) {
+        if let Action::SetTimer { timer: Timer::Election, at } = a {
+            now = at;
+        }
+    }
+    e.handle_timeout(Timer::Election, now);
+    let grant = Message::Vote { term: 1, leader: Some("n1".into()), priority: None, pre_vote: true };
+    e.handle_message("n2", grant, now);
+    assert_eq!((e.role(), e.term(), e.leader()), (Role::Candidate, 1, Some("n1")), "running at term 1");
+    // n2 and n3 each voted for themselves: 1 + 1 + 1, nobody can reach 2.
+    let out = e.handle_message("n2", vote(1, "n2"), now + ms(1));
+    assert!(!out.iter().any(|a| matches!(a, Action::SetTimer { .. })), "n3 may still vote for n2");
+    let out = e.handle_message("n3", vote(1, "n3"), now + ms(2));
+    let retry = out.iter().find_map(|a| match a {
+        Action::SetTimer { timer: Timer::Election, at } => Some(*at),
+        _ => None,
+    });
+    let retry = retry.expect("voting failed: the election timer is re-armed");
+    assert!(retry < now + ms(2) + ms(1000), "retry at {retry:?}");
+}
