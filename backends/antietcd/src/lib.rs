@@ -28,6 +28,32 @@
 //! # Ok(()) }
 //! ```
 
+//! # Server
+//!
+//! The same crate serves antietcd 1.3.1's REST and websocket API (wire-compatible: any antietcd client works
+//! unchanged; the differences are in `COMPAT-server.md`), persists to antietcd's gzip-JSON file, and ships
+//! the `antietcd` and `anticli` binaries. Embedders use [`Node`]:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), antietcd::ServerError> {
+//! use antietcd::{Node, PutRequest, ServerConfig};
+//! // Persisted, not listening (`embedded:///path/file`):
+//! let node = Node::start(ServerConfig { listen: false, data: Some("/var/lib/app/kv.gz".into()), ..Default::default() }).await?;
+//! let rev = node.engine().put(PutRequest::new("/a", "1"))?.revision;
+//! node.sync(rev).await?; // durable
+//! node.shutdown().await?;
+//! // Serving on a port chosen by the OS (tests):
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| antietcd::ServerError::Bind { addr: ([127, 0, 0, 1], 0).into(), source: e })?;
+//! let node = Node::with_listener(ServerConfig::default(), listener).await?;
+//! println!("http://{}", node.local_addr().expect("listening"));
+//! node.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Layout: `engine`/`types`/`watch` (the store), `wire` (JSON ⇄ engine types), `http` (REST pipeline),
+//! `ws` (websocket watches), `persist` (file format, durability barrier), `server` ([`Node`], [`serve`],
+//! accept loop, shutdown), `tls`, `config` ([`ServerConfig`]), `bin/` (antietcd, anticli).
+
 mod config;
 pub mod durable;
 mod engine;
