@@ -182,6 +182,13 @@ impl Durable {
                     if engine.is_closed() {
                         return;
                     }
+                    // Not yet as many records as keys (the store grew since the last checkpoint): wait for
+                    // that many more, so that checkpoints stay amortised.
+                    let keys = engine.status().keys as u64;
+                    if keys > every.load(Ordering::Relaxed) {
+                        every.store(keys, Ordering::Relaxed);
+                        continue;
+                    }
                     match checkpoint(&engine, &wal).await {
                         Ok(keys) => every.store(base_every.max(keys), Ordering::Relaxed),
                         Err(e) => tracing::error!(error = %e, "checkpoint failed"),
