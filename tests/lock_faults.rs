@@ -9,58 +9,15 @@
 #![cfg(feature = "etcd")]
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use rand::Rng;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use support::proxy::Proxy;
 use tokio::time::{timeout, Instant};
 use valkeyrie::{LockOptions, Lost, Store};
-
-/// A loopback TCP proxy that can be cut: while cut, live connections are dropped and new ones are
-/// accepted but never answered (a blackhole, as a partition looks to a client).
-struct Proxy {
-    addr: SocketAddr,
-    cut: watch::Sender<bool>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (cut, cut_rx) = watch::channel(false);
-        let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let mut cut_rx = cut_rx.clone();
-                tokio::spawn(async move {
-                    if *cut_rx.borrow() {
-                        // Blackhole: hold the connection silently until healed, then drop it.
-                        let _ = cut_rx.wait_for(|c| !*c).await;
-                        return;
-                    }
-                    let Ok(mut upstream) = TcpStream::connect(target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-                        _ = cut_rx.wait_for(|c| *c) => {}
-                    }
-                });
-            }
-        });
-        Proxy { addr, cut, accept }
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
 
 #[derive(Default)]
 struct Checker {
