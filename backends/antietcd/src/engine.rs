@@ -401,55 +401,7 @@ impl Engine {
     /// A consistent copy of every key and lease, taken under one lock (cheap: keys and values are shared,
     /// not copied).
     pub fn snapshot(&self) -> Result<Snapshot, Error> {
-        let st = self.state();
-        st.check_open()?;
-        let now = Instant::now();
-        let kvs = st.kv.iter().map(|(k, e)| e.to_kv(k)).collect();
-        let mut leases: Vec<LeaseSnapshot> = st
-            .leases
-            .iter()
-            .map(|(id, l)| LeaseSnapshot {
-                id: *id,
-                ttl: l.ttl,
-                remaining: l.expires.saturating_duration_since(now),
-            })
-            .collect();
-        leases.sort_by_key(|l| l.id);
-        Ok(Snapshot { revision: st.revision, compact_revision: st.compact_revision, kvs, leases })
-    }
-
-    /// Replaces every key with `kvs` (their leases are ignored: leases are not restored) and sets the
-    /// revision to `revision` (at least the highest mod revision of `kvs`). Meant for loading a persisted
-    /// state before serving: no events are emitted, and the history starts empty, so the compact revision
-    /// becomes the restored revision (a watch can start at it or later). Existing leases stay, detached
-    /// from the replaced keys.
-    pub fn restore(&self, revision: Revision, kvs: Vec<KeyValue>) -> Result<(), Error> {
-        let mut st = self.state();
-        st.check_open()?;
-        let st = &mut *st;
-        for lease in st.leases.values_mut() {
-            lease.keys.clear();
-        }
-        st.kv.clear();
-        let mut max_rev = revision.max(0);
-        for kv in kvs {
-            if kv.key.is_empty() {
-                continue;
-            }
-            max_rev = max_rev.max(kv.mod_revision);
-            let entry = Entry {
-                value: kv.value,
-                create_revision: kv.create_revision,
-                mod_revision: kv.mod_revision,
-                version: kv.version.max(1),
-                lease: None,
-            };
-            st.kv.insert(kv.key, entry);
-        }
-        st.revision = max_rev;
-        st.compact_revision = max_rev;
-        st.history.clear();
-        Ok(())
+        self.snapshot_with(|| ()).map(|(snapshot, ())| snapshot)
     }
 
     /// Logs every later change to `journal` (or stops logging, with `None`).
