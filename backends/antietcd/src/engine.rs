@@ -404,6 +404,40 @@ impl Engine {
         self.snapshot_with(|| ()).map(|(snapshot, ())| snapshot)
     }
 
+    /// Replaces every key with `kvs` (their leases are ignored: leases are not restored) and sets the
+    /// revision to `revision` (at least the highest mod revision of `kvs`). Meant for loading a persisted
+    /// state before serving: no events are emitted, and the history starts empty, so the compact revision
+    /// becomes the restored revision (a watch can start at it or later). Existing leases stay, detached
+    /// from the replaced keys.
+    pub fn restore(&self, revision: Revision, kvs: Vec<KeyValue>) -> Result<(), Error> {
+        let mut st = self.state();
+        st.check_open()?;
+        let st = &mut *st;
+        for lease in st.leases.values_mut() {
+            lease.keys.clear();
+        }
+        st.kv.clear();
+        let mut max_rev = revision.max(0);
+        for kv in kvs {
+            if kv.key.is_empty() {
+                continue;
+            }
+            max_rev = max_rev.max(kv.mod_revision);
+            let entry = Entry {
+                value: kv.value,
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                version: kv.version.max(1),
+                lease: None,
+            };
+            st.kv.insert(kv.key, entry);
+        }
+        st.revision = max_rev;
+        st.compact_revision = max_rev;
+        st.history.clear();
+        Ok(())
+    }
+
     /// Logs every later change to `journal` (or stops logging, with `None`).
     pub fn set_journal(&self, journal: Option<Arc<dyn Journal>>) {
         self.state().journal = journal;
