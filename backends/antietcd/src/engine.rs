@@ -407,7 +407,7 @@ impl Engine {
     /// Replaces every key with `kvs` (their leases are ignored: leases are not restored) and sets the
     /// revision to `revision` (at least the highest mod revision of `kvs`). Meant for loading a persisted
     /// state before serving: no events are emitted, and the history starts empty, so the compact revision
-    /// becomes the restored revision (a watch can start at it or later). Existing leases stay, detached
+    /// becomes the restored revision + 1 (a watch can start after the restored revision). Existing leases stay, detached
     /// from the replaced keys.
     pub fn restore(&self, revision: Revision, kvs: Vec<KeyValue>) -> Result<(), Error> {
         let mut st = self.state();
@@ -433,7 +433,9 @@ impl Engine {
             st.kv.insert(kv.key, entry);
         }
         st.revision = max_rev;
-        st.compact_revision = max_rev;
+        // The events of the restored revision itself are not kept either: history starts after it, so a
+        // watch that starts at it is told so (Compacted) instead of silently missing them.
+        st.compact_revision = max_rev + 1;
         st.history.clear();
         Ok(())
     }
