@@ -339,46 +339,68 @@ impl Session {
         }
         for (revision, batches) in by_revision {
             if self.shared.merge_watches {
-                let mut events: Vec<Value> = Vec::new();
+                // Events of every watch of this socket, de-duplicated by key (the last one wins).
+                let mut events: Vec<&crate::Event> = Vec::new();
                 let mut index: HashMap<&[u8], usize> = HashMap::new();
                 for (_, batch) in &batches {
                     for e in &batch.events {
-                        let v = self.codec.event(e);
                         match index.get(&e.kv.key[..]) {
-                            Some(i) => events[*i] = v,
+                            Some(i) => events[*i] = e,
                             None => {
                                 index.insert(&e.kv.key[..], events.len());
-                                events.push(v);
+                                events.push(e);
                             }
                         }
                     }
                 }
-                let mut m = Map::new();
-                let mut ids: Vec<Value> =
-                    batches.iter().filter_map(|(i, _)| self.client_ids.get(i).cloned()).collect();
+                let mut ids: Vec<&Value> =
+                    batches.iter().filter_map(|(i, _)| self.client_ids.get(i)).collect();
                 ids.dedup();
-                if ids.len() == 1 {
-                    m.insert("watch_id".into(), ids.remove(0));
+                let ids = if ids.len() == 1 {
+                    format!("\"watch_id\":{}", ids[0])
                 } else {
-                    m.insert("watch_ids".into(), Value::Array(ids));
-                }
-                m.insert("events".into(), Value::Array(events));
-                out.push(self.result(revision, m));
+                    format!("\"watch_ids\":{}", Value::Array(ids.into_iter().cloned().collect()))
+                };
+                out.push(self.event_message(revision, &ids, events.into_iter()));
             } else {
-                for (internal, batch) in batches {
-                    let mut m = Map::new();
-                    if let Some(id) = self.client_ids.get(&internal) {
-                        m.insert("watch_id".into(), id.clone());
-                    }
-                    m.insert(
-                        "events".into(),
-                        Value::Array(batch.events.iter().map(|e| self.codec.event(e)).collect()),
-                    );
-                    out.push(self.result(revision, m));
+                for (internal, batch) in &batches {
+                    let ids = match self.client_ids.get(internal) {
+                        Some(id) => format!("\"watch_id\":{id}"),
+                        None => String::new(),
+                    };
+                    out.push(self.event_message(revision, &ids, batch.events.iter()));
                 }
             }
         }
         out
+    }
+}
+
+impl Session {
+    /// `{"result":{"header":{"revision":R},<ids>,"events":[...]}}`, written directly (the fan-out path).
+    fn event_message<'a>(
+        &self,
+        revision: Revision,
+        ids: &str,
+        events: impl Iterator<Item = &'a crate::Event>,
+    ) -> String {
+        let mut s = String::with_capacity(256);
+        s.push_str("{\"result\":{\"header\":{\"revision\":");
+        s.push_str(&revision.to_string());
+        s.push_str("},");
+        if !ids.is_empty() {
+            s.push_str(ids);
+            s.push(',');
+        }
+        s.push_str("\"events\":[");
+        for (i, e) in events.enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            self.codec.write_event(&mut s, e);
+        }
+        s.push_str("]}}");
+        s
     }
 }
 

@@ -364,7 +364,8 @@ async fn restored_state_has_no_history() {
         lease: None,
     };
     e.restore(7, vec![kv.clone()]).unwrap();
-    let at = |start| e.watch(WatchRequest { range: KeyRange::all(), start_revision: start, ..Default::default() });
+    let at =
+        |start| e.watch(WatchRequest { range: KeyRange::all(), start_revision: start, ..Default::default() });
     assert!(matches!(at(7), Err(Error::Compacted { requested: 7, compact_revision: 8 })));
     assert!(at(8).is_ok());
     let snapshot = e.snapshot().unwrap();
