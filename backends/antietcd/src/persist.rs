@@ -176,7 +176,9 @@ pub fn encode_file(snap: &Snapshot, filter: Option<&PersistFilter>, term: i64) -
     let (state, binary) = encode_state(&kvs, false);
     let mut out = format!(
         "{{\"compact_revision\":{},\"mod_revision\":{},\"state\":",
-        snap.compact_revision, snap.revision
+        // After a restore the engine's history starts past its revision; antietcd expects C <= R.
+        snap.compact_revision.min(snap.revision),
+        snap.revision
     );
     out.push_str(&state);
     out.push_str(&format!(",\"term\":{term}"));
@@ -205,7 +207,8 @@ pub fn encode_dump(snap: &Snapshot) -> String {
     }
     let mut out = format!(
         "{{\"state\":{state},\"mod_revision\":{},\"compact_revision\":{},\"leases\":",
-        snap.revision, snap.compact_revision
+        snap.revision,
+        snap.compact_revision.min(snap.revision)
     );
     out.push_str(&Value::Object(leases).to_string());
     out.push_str(",\"term\":0");
