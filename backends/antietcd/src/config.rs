@@ -90,24 +90,59 @@ pub struct ServerConfig {
     /// Embedders only: a function applied to every key before it is persisted (see [`PersistFilter`]).
     #[arg(skip)]
     pub persist_filter: Option<PersistFilter>,
-    /// Cluster options of antietcd (issue 5): accepted on the command line only to be refused clearly.
-    #[arg(long, hide = true)]
+    /// The cluster: `id=url,id=url,...` listing every node, this one included (antietcd's `--cluster`). Peers
+    /// are dialed at their URL with `http` turned into `ws`. See [`crate::cluster`].
+    #[arg(long)]
     pub cluster: Option<String>,
-    /// See [`ServerConfig::cluster`].
-    #[arg(long, hide = true)]
+    /// This node's id in `--cluster` (required with it); also reported as `member_id`.
+    #[arg(long, visible_alias = "node-id")]
     pub node_id: Option<String>,
-    /// See [`ServerConfig::cluster`].
-    #[arg(long, hide = true)]
+    /// The cluster's shared secret, sent in `identify` to every peer (required with `--cluster`).
+    #[arg(long, visible_alias = "cluster-key")]
     pub cluster_key: Option<String>,
+    /// TinyRaft election timeout in milliseconds.
+    #[arg(long, visible_alias = "election-timeout", default_value_t = 5000)]
+    pub election_timeout: u64,
+    /// TinyRaft heartbeat period in milliseconds.
+    #[arg(long, visible_alias = "heartbeat-timeout", default_value_t = 1000)]
+    pub heartbeat_timeout: u64,
+    /// TinyRaft leader lease in milliseconds (default: (heartbeat_timeout + election_timeout) / 2).
+    #[arg(long, visible_alias = "leadership-timeout")]
+    pub leadership_timeout: Option<u64>,
+    /// Leader priority: a node with a higher priority takes the leadership over (0: none).
+    #[arg(long, visible_alias = "leader-priority")]
+    pub leader_priority: Option<u64>,
+    /// Followers serve reads locally without asking the leader (antietcd's binary default: on).
+    #[arg(long, visible_alias = "stale-read", num_args = 0..=1, default_missing_value = "1",
+          value_parser = parse_bool, default_value = "1")]
+    pub stale_read: bool,
+    /// Delay in milliseconds before re-dialing a lost peer.
+    #[arg(long, visible_alias = "reconnect-interval", default_value_t = 1000)]
+    pub reconnect_interval: u64,
+    /// Timeout of the `dump` peer request during resync, in milliseconds.
+    #[arg(long, visible_alias = "dump-timeout", default_value_t = 5000)]
+    pub dump_timeout: u64,
+    /// Timeout of the `load` peer request during resync, in milliseconds.
+    #[arg(long, visible_alias = "load-timeout", default_value_t = 5000)]
+    pub load_timeout: u64,
+    /// Timeout of a request forwarded to the leader and of `check_leader`, in milliseconds.
+    #[arg(long, visible_alias = "forward-timeout", default_value_t = 1000)]
+    pub forward_timeout: u64,
+    /// Timeout of the `replicate` and `unlock` peer requests, in milliseconds.
+    #[arg(long, visible_alias = "replication-timeout", default_value_t = 1000)]
+    pub replication_timeout: u64,
+    /// Timeout of the `compact` peer request, in milliseconds.
+    #[arg(long, visible_alias = "compact-timeout", default_value_t = 1000)]
+    pub compact_timeout: u64,
+    /// How long an API call waits for the node to be synced with a leader, in milliseconds.
+    #[arg(long, visible_alias = "wait-quorum-timeout", default_value_t = 30000)]
+    pub wait_quorum_timeout: u64,
     /// antietcd's etcd proxy mode: refused.
     #[arg(long, hide = true)]
     pub etcd_proxy: Option<String>,
     /// antietcd's auth filter module: refused (use the Rust API).
     #[arg(long, hide = true)]
     pub auth_filter: Option<String>,
-    /// Meaningless on one node; accepted and ignored.
-    #[arg(long, hide = true)]
-    pub stale_read: Option<String>,
     /// Meaningless on one node; accepted and ignored.
     #[arg(long, hide = true)]
     pub use_locks: Option<String>,
@@ -134,6 +169,9 @@ impl std::fmt::Debug for ServerConfig {
             .field("backlog", &self.backlog)
             .field("watch_capacity", &self.watch_capacity)
             .field("persist_filter", &self.persist_filter.is_some())
+            .field("cluster", &self.cluster)
+            .field("node_id", &self.node_id)
+            .field("cluster_key", &self.cluster_key.as_ref().map(|_| "<secret>"))
             .finish_non_exhaustive()
     }
 }
@@ -165,9 +203,20 @@ impl Default for ServerConfig {
             cluster: None,
             node_id: None,
             cluster_key: None,
+            election_timeout: 5000,
+            heartbeat_timeout: 1000,
+            leadership_timeout: None,
+            leader_priority: None,
+            stale_read: true,
+            reconnect_interval: 1000,
+            dump_timeout: 5000,
+            load_timeout: 5000,
+            forward_timeout: 1000,
+            replication_timeout: 1000,
+            compact_timeout: 1000,
+            wait_quorum_timeout: 30000,
             etcd_proxy: None,
             auth_filter: None,
-            stale_read: None,
             use_locks: None,
         }
     }
@@ -178,7 +227,7 @@ impl Default for ServerConfig {
 #[non_exhaustive]
 pub enum ConfigError {
     /// An antietcd option this server does not implement (yet).
-    #[error("option --{0} is not supported yet (clustering is issue 5; this server runs a single node)")]
+    #[error("option --{0} is not supported")]
     Unsupported(&'static str),
     /// `key` without `cert` or the other way round, or `client_cert_auth` without TLS.
     #[error("TLS options are incomplete: {0}")]
@@ -191,6 +240,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The cluster options (`--cluster`, `--node_id`, `--cluster_key`, timeouts) cannot work.
+    #[error("invalid cluster configuration: {0}")]
+    Cluster(#[from] crate::cluster::ClusterConfigError),
     /// An unknown name in `--logs`.
     #[error("unknown log kind {0:?} in --logs (known: access, watch, cluster)")]
     UnknownLog(String),
@@ -206,13 +258,9 @@ pub(crate) struct Logs {
 impl ServerConfig {
     /// Checks the options; returns the config unchanged if they can work.
     pub fn validate(self) -> Result<ServerConfig, ConfigError> {
-        for (set, name) in [
-            (self.cluster.is_some(), "cluster"),
-            (self.node_id.is_some(), "node_id"),
-            (self.cluster_key.is_some(), "cluster_key"),
-            (self.etcd_proxy.is_some(), "etcd_proxy"),
-            (self.auth_filter.is_some(), "auth_filter"),
-        ] {
+        for (set, name) in
+            [(self.etcd_proxy.is_some(), "etcd_proxy"), (self.auth_filter.is_some(), "auth_filter")]
+        {
             if set {
                 return Err(ConfigError::Unsupported(name));
             }
@@ -251,6 +299,7 @@ impl ServerConfig {
             return Err(ConfigError::Invalid { name: "watch_capacity", reason: "must be >= 1" });
         }
         self.parsed_logs()?;
+        crate::cluster::ClusterConfig::from_server(&self)?;
         Ok(self)
     }
 

@@ -258,6 +258,9 @@ pub(crate) async fn call(shared: &Arc<Shared>, api: Api, body: &Map<String, Valu
     if shared.stopping.is_cancelled() {
         return Err(ApiError::new(StatusCode::BAD_GATEWAY, "Server is stopping"));
     }
+    if let Some(cluster) = &shared.cluster {
+        cluster.gate(matches!(api, Api::Status | Api::Dump))?;
+    }
     if api.writes() {
         if let Some(p) = &shared.persister {
             p.check()?;
@@ -346,6 +349,9 @@ pub(crate) async fn call(shared: &Arc<Shared>, api: Api, body: &Map<String, Valu
             header.insert("revision".into(), st.revision.into());
             header.insert("compact_revision".into(), st.compact_revision.into());
             let mut m = Map::new();
+            if let Some(cluster) = &shared.cluster {
+                cluster.status_fields(&mut header, &mut m);
+            }
             m.insert("header".into(), Value::Object(header));
             m.insert("version".into(), "antietcd 1.3.1".into());
             m.insert("server".into(), concat!("antietcd-rs ", env!("CARGO_PKG_VERSION")).into());

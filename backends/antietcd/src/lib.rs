@@ -54,6 +54,7 @@
 //! `ws` (websocket watches), `persist` (file format, durability barrier), `server` ([`Node`], [`serve`],
 //! accept loop, shutdown), `tls`, `config` ([`ServerConfig`]), `bin/` (antietcd, anticli).
 
+pub mod cluster;
 mod config;
 pub mod durable;
 mod engine;
@@ -68,10 +69,12 @@ mod watch;
 mod wire;
 mod ws;
 
+pub use cluster::{ClusterConfig, ClusterConfigError, ClusterStatus};
 pub use config::{parse_bool, ConfigError, ServerConfig};
 pub use engine::{Config, Engine, Journal, JournalRecord, MAX_LEASE_TTL, MAX_TXN_DEPTH, MAX_TXN_OPS};
 pub use error::Error;
 pub use persist::{PersistError, PersistFilter};
 pub use server::{serve, Node, ServerError};
+pub use tinyraft::Role as RaftRole;
 pub use types::*;
 pub use watch::{Watch, WatchError};

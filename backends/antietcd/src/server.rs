@@ -49,6 +49,9 @@ pub enum ServerError {
     /// The engine refused.
     #[error(transparent)]
     Engine(#[from] crate::Error),
+    /// The cluster runtime could not start.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Server counters for `/metrics`.
@@ -84,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     /// Permits for connections (HTTP and websocket).
     pub(crate) connections: Arc<Semaphore>,
+    /// The cluster runtime when `--cluster` is set.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
@@ -262,6 +267,18 @@ impl Node {
             None => None,
         };
         let tracker = TaskTracker::new();
+        let stopping = CancellationToken::new();
+        let cluster = match crate::cluster::ClusterConfig::from_server(&config)
+            .map_err(crate::config::ConfigError::from)?
+        {
+            Some(c) => Some(crate::cluster::Cluster::start(
+                c,
+                Duration::from_millis(config.ws_keepalive_interval),
+                &tracker,
+                stopping.clone(),
+            )?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             engine,
             persister,
@@ -274,9 +291,10 @@ impl Node {
             max_ws_message_bytes: config.max_ws_message_bytes,
             logs,
             metrics: Metrics::default(),
-            stopping: CancellationToken::new(),
+            stopping,
             tracker,
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            cluster,
         });
         if let (Some(p), true) = (&shared.persister, config.persist_interval > 0) {
             let p = p.clone();
@@ -311,6 +329,12 @@ impl Node {
     /// The engine: use it directly for in-process reads and writes.
     pub fn engine(&self) -> &Engine {
         &self.shared.engine
+    }
+
+    /// The cluster status (role, term, leader, followers), updated by the election driver; `None` without
+    /// `--cluster`.
+    pub fn cluster_status(&self) -> Option<tokio::sync::watch::Receiver<crate::cluster::ClusterStatus>> {
+        self.shared.cluster.as_ref().map(|c| c.status())
     }
 
     /// The address the node listens on, if it listens.

@@ -72,12 +72,16 @@ struct Session {
     by_client: HashMap<String, u64>,
     /// Internal id → client id as sent.
     client_ids: HashMap<u64, Value>,
+    /// The peer side of the socket when clustering is on (non-watch messages go there).
+    peer: Option<crate::cluster::Inbound>,
 }
 
 impl Session {
     fn new(shared: Arc<Shared>) -> Self {
         let codec = shared.codec;
+        let peer = shared.cluster.clone().map(crate::cluster::Inbound::new);
         Session {
+            peer,
             shared,
             codec,
             watches: StreamMap::new(),
@@ -112,6 +116,7 @@ impl Session {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 },
                 Some(first) = self.watches.next(), if !self.watches.is_empty() => self.on_batches(first),
+                Some(reply) = crate::cluster::next_reply(&mut self.peer) => vec![reply],
                 _ = ticker.tick(), if !keepalive.is_zero() => {
                     if !alive {
                         break;
@@ -184,6 +189,9 @@ impl Session {
         }
         if obj.contains_key("progress_request") || obj.contains_key("progressRequest") {
             return vec![self.result(self.revision(), Map::new())];
+        }
+        if let Some(out) = self.peer.as_mut().and_then(|p| p.on_message(obj)) {
+            return out;
         }
         vec![self.error("unknown message: expected create_request, cancel_request or progress_request", None)]
     }

@@ -1,0 +1,199 @@
+//! Outgoing peer links: one task per peer dials its websocket URL, sends `identify` on open, registers the
+//! link (the only way this node sends to that peer), and redials `reconnect_interval` after the socket
+//! closes. Replies arriving on the link complete the requests sent on it; anything else from the peer
+//! (raft, requests) goes through the same dispatcher as an identified incoming socket.
+
+use super::{Cluster, Event, Inbound};
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tinyraft::NodeId;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// How many outgoing messages may wait for a slow peer; raft messages beyond it are dropped.
+const LINK_QUEUE: usize = 1024;
+/// How long one dial (TCP + websocket handshake) may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+/// One open outgoing connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    /// Text frames to send.
+    pub(crate) tx: mpsc::Sender<String>,
+    pending: Pending,
+    generation: u64,
+}
+
+impl Link {
+    pub(crate) fn add_pending(&self, id: u64, tx: oneshot::Sender<Value>) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, tx);
+        }
+    }
+
+    pub(crate) fn remove_pending(&self, id: u64) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&id);
+        }
+    }
+}
+
+/// The open outgoing connections, by peer.
+#[derive(Debug, Default)]
+pub(crate) struct Links {
+    links: Mutex<HashMap<NodeId, Link>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Links {
+    /// The open link to `peer`, if any.
+    pub(crate) fn get(&self, peer: &str) -> Option<Link> {
+        self.links.lock().ok()?.get(peer).cloned()
+    }
+
+    /// Sends a text frame to `peer` without waiting; false if there is no link or its queue is full.
+    pub(crate) fn try_send(&self, peer: &str, text: String) -> bool {
+        self.get(peer).is_some_and(|l| l.tx.try_send(text).is_ok())
+    }
+
+    fn register(&self, peer: &str, tx: mpsc::Sender<String>, pending: Pending) -> u64 {
+        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if let Ok(mut links) = self.links.lock() {
+            links.insert(peer.to_owned(), Link { tx, pending, generation });
+        }
+        generation
+    }
+
+    fn unregister(&self, peer: &str, generation: u64) {
+        if let Ok(mut links) = self.links.lock() {
+            if links.get(peer).is_some_and(|l| l.generation == generation) {
+                links.remove(peer);
+            }
+        }
+    }
+}
+
+/// Dials `peer` at `url` until the node stops.
+pub(crate) async fn dial_loop(
+    cluster: Arc<Cluster>,
+    peer: NodeId,
+    url: String,
+    keepalive: Duration,
+    stopping: CancellationToken,
+) {
+    let reconnect = cluster.config.reconnect_interval;
+    loop {
+        let dial = tokio::time::timeout(DIAL_TIMEOUT, tokio_tungstenite::connect_async(url.as_str()));
+        let dialed = tokio::select! {
+            d = dial => d,
+            _ = stopping.cancelled() => return,
+        };
+        match dialed {
+            Ok(Ok((socket, _response))) => {
+                tracing::info!(target: "antietcd::cluster", "connected to {peer} at {url}");
+                run_link(&cluster, &peer, socket, keepalive, &stopping).await;
+                tracing::info!(target: "antietcd::cluster", "connection to {peer} closed");
+                cluster.notify(Event::Disconnected(peer.clone()));
+            }
+            Ok(Err(e)) => tracing::debug!(target: "antietcd::cluster", "dialing {peer} at {url}: {e}"),
+            Err(_) => tracing::debug!(target: "antietcd::cluster", "dialing {peer} at {url}: timeout"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(reconnect) => {}
+            _ = stopping.cancelled() => return,
+        }
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn run_link(
+    cluster: &Arc<Cluster>,
+    peer: &str,
+    mut socket: Socket,
+    keepalive: Duration,
+    stopping: &CancellationToken,
+) {
+    let identify =
+        serde_json::json!({"identify": {"key": cluster.config.key, "node_id": cluster.config.node_id}});
+    if socket.send(Message::text(identify.to_string())).await.is_err() {
+        return;
+    }
+    let (tx, mut rx) = mpsc::channel::<String>(LINK_QUEUE);
+    let pending: Pending = Arc::default();
+    let generation = cluster.links.register(peer, tx, pending.clone());
+    cluster.notify(Event::Connected(peer.to_owned()));
+    // Requests the peer sends on this socket are answered here, as by an incoming socket identified as it.
+    let mut inbound = Inbound::trusted(cluster.clone(), peer.to_owned());
+    let mut ticker =
+        tokio::time::interval(if keepalive.is_zero() { Duration::from_secs(3600) } else { keepalive });
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut alive = true;
+    loop {
+        let out: Vec<String> = tokio::select! {
+            text = rx.recv() => match text {
+                Some(text) => vec![text],
+                None => break,
+            },
+            msg = socket.next() => match msg {
+                Some(Ok(Message::Text(t))) => { alive = true; on_frame(&pending, &mut inbound, peer, t.as_bytes()) }
+                Some(Ok(Message::Binary(b))) => { alive = true; on_frame(&pending, &mut inbound, peer, &b) }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => { alive = true; continue }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            },
+            reply = inbound.next_reply() => match reply { Some(r) => vec![r], None => continue },
+            _ = ticker.tick(), if !keepalive.is_zero() => {
+                if !alive {
+                    tracing::info!(target: "antietcd::cluster", "{peer} did not answer a ping: closing");
+                    break;
+                }
+                alive = false;
+                if socket.send(Message::Ping(Default::default())).await.is_err() { break; }
+                continue;
+            }
+            _ = stopping.cancelled() => {
+                let _ = socket.send(Message::Close(None)).await;
+                break;
+            }
+        };
+        for text in out {
+            if socket.send(Message::text(text)).await.is_err() {
+                cluster.links.unregister(peer, generation);
+                return;
+            }
+        }
+    }
+    cluster.links.unregister(peer, generation);
+}
+
+/// A frame from the peer on our outgoing socket.
+fn on_frame(pending: &Pending, inbound: &mut Inbound, peer: &str, data: &[u8]) -> Vec<String> {
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(data) else {
+        tracing::debug!(target: "antietcd::cluster", "{peer} sent a frame that is not a JSON object");
+        return Vec::new();
+    };
+    if !obj.contains_key("raft") && !obj.contains_key("identify") {
+        if let Some(reply) = obj.get("reply") {
+            match obj.get("request_id").and_then(Value::as_u64) {
+                Some(id) => {
+                    let waiter = pending.lock().ok().and_then(|mut p| p.remove(&id));
+                    if let Some(w) = waiter {
+                        let _ = w.send(reply.clone());
+                    }
+                }
+                None => {
+                    tracing::warn!(target: "antietcd::cluster", "{peer} replied {reply} (wrong cluster_key?)")
+                }
+            }
+            return Vec::new();
+        }
+    }
+    inbound.on_message(&obj).unwrap_or_default()
+}
