@@ -43,7 +43,8 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request) -> Response {
     };
     let token = shared.tracker.token();
     let max = shared.max_ws_message_bytes;
-    ws.read_buffer_size(4096).write_buffer_size(0).max_message_size(max).max_frame_size(max).on_upgrade(
+    // A small read buffer: an idle watcher's socket is most of its memory; larger messages grow it.
+    ws.read_buffer_size(1024).write_buffer_size(0).max_message_size(max).max_frame_size(max).on_upgrade(
         move |socket| async move {
             let _permit = permit;
             let _token = token;
