@@ -1,0 +1,521 @@
+#![allow(clippy::unwrap_used)]
+//! Clustering (issue 5, election slice): three nodes connect over websockets, identify with the cluster
+//! key, and elect exactly one leader through TinyRaft; the term stays put while one node is down; peer
+//! messages from unidentified connections and wrong keys are refused. In-process `Node`s on port-0
+//! listeners, and three `antietcd` processes on 127.0.0.x for SIGKILL / SIGSTOP.
+
+mod common;
+
+use antietcd::{ClusterStatus, Node, RaftRole, ServerConfig, ServerError};
+use clap::Parser;
+use common::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+const ELECTION_MS: u64 = 1000;
+
+fn cluster_config(id: &str, cluster: &str, key: &str) -> ServerConfig {
+    ServerConfig {
+        cluster: Some(cluster.to_owned()),
+        node_id: Some(id.to_owned()),
+        cluster_key: Some(key.to_owned()),
+        election_timeout: ELECTION_MS,
+        heartbeat_timeout: 200,
+        leadership_timeout: Some(600),
+        reconnect_interval: 100,
+        ..Default::default()
+    }
+}
+
+/// Three listeners on 127.0.0.1:0 and the `--cluster` string naming them n1..n3.
+async fn listeners() -> (Vec<TcpListener>, String, Vec<String>) {
+    let mut ls = Vec::new();
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}", l.local_addr().unwrap()));
+        ls.push(l);
+    }
+    let cluster =
+        urls.iter().enumerate().map(|(i, u)| format!("n{}={u}", i + 1)).collect::<Vec<_>>().join(",");
+    (ls, cluster, urls)
+}
+
+struct Cluster {
+    nodes: Vec<Option<Node>>,
+    urls: Vec<String>,
+    spec: String,
+}
+
+impl Cluster {
+    async fn start(key_of: impl Fn(usize) -> &'static str) -> Cluster {
+        Cluster::start_with(key_of, |_| None).await
+    }
+
+    async fn start_with(
+        key_of: impl Fn(usize) -> &'static str,
+        data_dir: impl Fn(usize) -> Option<std::path::PathBuf>,
+    ) -> Cluster {
+        let (ls, spec, urls) = listeners().await;
+        let mut nodes = Vec::new();
+        for (i, l) in ls.into_iter().enumerate() {
+            let config = ServerConfig {
+                data_dir: data_dir(i),
+                ..cluster_config(&format!("n{}", i + 1), &spec, key_of(i))
+            };
+            nodes.push(Some(Node::with_listener(config, l).await.unwrap()));
+        }
+        Cluster { nodes, urls, spec }
+    }
+
+    fn statuses(&self) -> Vec<Option<watch::Receiver<ClusterStatus>>> {
+        self.nodes.iter().map(|n| n.as_ref().map(|n| n.cluster_status().unwrap())).collect()
+    }
+
+    async fn stop(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].take() {
+            n.shutdown().await.unwrap();
+        }
+    }
+
+    async fn restart(&mut self, i: usize, key: &str) {
+        let addr = self.urls[i].trim_start_matches("http://").to_owned();
+        let l = TcpListener::bind(addr).await.unwrap();
+        let config = cluster_config(&format!("n{}", i + 1), &self.spec, key);
+        self.nodes[i] = Some(Node::with_listener(config, l).await.unwrap());
+    }
+
+    async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}
+
+/// The live nodes agree: exactly one leader, everyone at its term and following it. Returns (leader
+/// index, term).
+fn agreed(statuses: &[ClusterStatus]) -> Option<(String, u64)> {
+    let leaders: Vec<&ClusterStatus> = statuses.iter().filter(|s| s.role == RaftRole::Leader).collect();
+    let [leader] = leaders[..] else { return None };
+    let ok = statuses.iter().all(|s| {
+        s.term == leader.term
+            && s.leader.as_deref() == Some(leader.node_id.as_str())
+            && (s.role == RaftRole::Follower || s.node_id == leader.node_id)
+    });
+    ok.then(|| (leader.node_id.clone(), leader.term))
+}
+
+fn snapshot(rxs: &[Option<watch::Receiver<ClusterStatus>>]) -> Vec<ClusterStatus> {
+    rxs.iter().flatten().map(|r| r.borrow().clone()).collect()
+}
+
+/// Polls the status watches until `f` holds for the live nodes, or panics after `within`.
+async fn wait_until<T>(
+    rxs: &[Option<watch::Receiver<ClusterStatus>>],
+    within: Duration,
+    what: &str,
+    f: impl Fn(&[ClusterStatus]) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = snapshot(rxs);
+        if let Some(t) = f(&s) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{what} not reached within {within:?}: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn index(id: &str) -> usize {
+    id.trim_start_matches('n').parse::<usize>().unwrap() - 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_exactly_one_leader() {
+    let c = Cluster::start(|_| "secret").await;
+    let rxs = c.statuses();
+    let (leader, term) = wait_until(&rxs, Duration::from_secs(10), "one leader", agreed).await;
+    assert!(term >= 1);
+    // Everybody connected to everybody, and the leader's followers are all three.
+    let full = wait_until(&rxs, Duration::from_secs(5), "full mesh and followers", |s| {
+        let mesh = s.iter().all(|x| x.connected.len() == 2);
+        let l = s.iter().find(|x| x.role == RaftRole::Leader)?;
+        (mesh && l.followers.as_ref()?.len() == 3).then(|| l.clone())
+    })
+    .await;
+    assert_eq!(full.node_id, leader);
+    // /v3/maintenance/status as antietcd reports it.
+    for (i, url) in c.urls.iter().enumerate() {
+        let st = call(url, "/v3/maintenance/status", json!({})).await;
+        assert_eq!(st["header"]["member_id"], format!("n{}", i + 1));
+        assert_eq!(st["header"]["raft_term"], term);
+        assert_eq!(st["raftTerm"], term);
+        assert_eq!(st["leader"], leader.as_str());
+        assert_eq!(st["cluster"].as_object().unwrap().len(), 3);
+        if index(&leader) == i {
+            assert_eq!(st["raftState"], "leader");
+            assert_eq!(st["followers"], json!(["n1", "n2", "n3"]));
+        } else {
+            assert_eq!(st["raftState"], "follower");
+            assert!(st.get("followers").is_none());
+        }
+        // /health is not raft-gated.
+        let r = client().get(format!("{url}/health")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Election slice: followers refuse API calls (the next slice forwards), the leader serves them.
+    let l = index(&leader);
+    let put = json!({"key": b64("/k"), "value": b64("v")}).to_string();
+    let (code, text) = post(&c.urls[(l + 1) % 3], "/v3/kv/put", &put).await;
+    assert_eq!((code, text.as_str()), (503, "Not leader\n"));
+    assert_eq!(post(&c.urls[l], "/v3/kv/put", &put).await.0, 200);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_shutdown_elects_a_new_leader() {
+    let mut c = Cluster::start(|_| "secret").await;
+    let rxs = c.statuses();
+    let (leader, term) = wait_until(&rxs, Duration::from_secs(10), "one leader", agreed).await;
+    let l = index(&leader);
+    let stopped = Instant::now();
+    c.stop(l).await;
+    let mut rest = rxs.clone();
+    rest[l] = None;
+    let (new_leader, new_term) =
+        wait_until(&rest, Duration::from_millis(ELECTION_MS + 1000), "a new leader", |s| {
+            agreed(s).filter(|(_, t)| *t > term)
+        })
+        .await;
+    assert_ne!(new_leader, leader);
+    eprintln!("new leader {new_leader} at term {new_term} after {:?}", stopped.elapsed());
+    // The old leader comes back: it follows, and nobody's term moves.
+    c.restart(l, "secret").await;
+    let rxs = c.statuses();
+    let (again, t) = wait_until(&rxs, Duration::from_secs(5), "rejoined", agreed).await;
+    assert_eq!((again.as_str(), t), (new_leader.as_str(), new_term));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_down_keeps_the_term_constant() {
+    let mut c = Cluster::start(|_| "secret").await;
+    let rxs = c.statuses();
+    let (leader, _) = wait_until(&rxs, Duration::from_secs(10), "one leader", agreed).await;
+    // Stop a follower: the two others keep the same leader and term, for many leases and elections.
+    let f = (index(&leader) + 1) % 3;
+    c.stop(f).await;
+    let mut rest = rxs.clone();
+    rest[f] = None;
+    let (l2, term) = wait_until(&rest, Duration::from_secs(5), "two nodes agree", agreed).await;
+    let mut watchers: Vec<_> = rest.iter().flatten().cloned().collect();
+    let observe = async {
+        loop {
+            for w in &mut watchers {
+                if w.has_changed().unwrap() {
+                    let s = w.borrow_and_update().clone();
+                    assert_eq!((s.term, s.leader.as_deref()), (term, Some(l2.as_str())), "flapped: {s:?}");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    // 6 s = 10 leadership timeouts, 6 election timeouts: Node's TinyRaft re-elects several times here.
+    let _ = tokio::time::timeout(Duration::from_secs(6), observe).await;
+    assert_eq!(agreed(&snapshot(&rest)), Some((l2.clone(), term)));
+    // The follower returns: it rejoins without an election.
+    c.restart(f, "secret").await;
+    let rxs = c.statuses();
+    let back =
+        wait_until(&rxs, Duration::from_secs(5), "rejoined", |s| agreed(s).filter(|_| s.len() == 3)).await;
+    assert_eq!(back, (l2, term));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unidentified_websocket_peer_messages_are_ignored() {
+    let c = Cluster::start(|_| "secret").await;
+    let rxs = c.statuses();
+    let (leader, term) = wait_until(&rxs, Duration::from_secs(10), "one leader", agreed).await;
+    let l = index(&leader);
+    for target in [l, (l + 1) % 3] {
+        let mut ws = Ws::connect(&c.urls[target], "/").await;
+        // A vote request with a huge term, as if from a member: refused.
+        ws.send(&json!({"raft": {"type": "vote_request", "term": term + 100, "leader": "n1"}})).await;
+        let r = ws.recv().await;
+        assert!(r["error"].as_str().unwrap().contains("identify"), "{r}");
+        ws.send(&json!({"raft": {"type": "ping", "term": term + 100}})).await;
+        assert!(ws.recv().await["error"].is_string());
+        // A forwarded request (antietcd executes these from anyone): refused, nothing written.
+        ws.send(&json!({"handler": "kv_put", "request": {"key": b64("/x"), "value": b64("1")},
+            "context": {"username": "root"}, "request_id": 7}))
+            .await;
+        let r = ws.recv().await;
+        assert_eq!(r["request_id"], 7);
+        assert!(r["reply"]["error"].as_str().unwrap().contains("identify"), "{r}");
+        for m in [
+            json!({"check_leader": true, "term": term, "request_id": 8}),
+            json!({"dump": {}, "term": term, "request_id": 9}),
+            json!({"replicate": {"header": {"revision": 5}}, "term": term, "request_id": 10}),
+        ] {
+            ws.send(&m).await;
+            let r = ws.recv().await;
+            assert!(r["reply"]["error"].as_str().unwrap().contains("identify"), "{m} -> {r}");
+        }
+        // A wrong key does not identify either.
+        ws.send(&json!({"identify": {"key": "guess", "node_id": "n1"}})).await;
+        assert_eq!(ws.recv().await, json!({"reply": {"error": "peer authentication error"}}));
+        ws.send(&json!({"raft": {"type": "vote_request", "term": term + 100, "leader": "n1"}})).await;
+        assert!(ws.recv().await["error"].is_string());
+        // Watches keep working on the same socket in cluster mode.
+        ws.send(&json!({"create_request": {"key": b64("/w/"), "range_end": b64("/w0")}})).await;
+        assert_eq!(ws.recv().await["result"]["created"], true);
+    }
+    assert!(c.nodes[l].as_ref().unwrap().engine().get(b"/x").unwrap().1.is_none());
+    // Nobody's term or leader moved.
+    assert_eq!(agreed(&snapshot(&rxs)), Some((leader, term)));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_wrong_cluster_key_is_refused() {
+    let c = Cluster::start(|i| if i == 2 { "wrong" } else { "secret" }).await;
+    let rxs = c.statuses();
+    let two = [rxs[0].clone(), rxs[1].clone(), None];
+    let (leader, term) = wait_until(&two, Duration::from_secs(10), "n1 and n2 agree", |s| {
+        agreed(s).filter(|(l, _)| {
+            let st = &s[index(l)];
+            st.followers.as_ref().is_some_and(|f| f.len() == 2)
+        })
+    })
+    .await;
+    assert_ne!(leader, "n3");
+    // n3 dials both (its sockets open) but is never identified: it never learns a leader nor moves the
+    // term, and the leader never counts it as a follower.
+    let observe = async {
+        loop {
+            let s = snapshot(&rxs);
+            assert!(s[2].leader.is_none() && s[2].role != RaftRole::Leader, "{:?}", s[2]);
+            assert_eq!(agreed(&s[..2]), Some((leader.clone(), term)));
+            assert_eq!(s[index(&leader)].followers.as_ref().unwrap().len(), 2);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(3 * ELECTION_MS), observe).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_term_is_persisted_in_the_data_dir() {
+    let dir = std::env::temp_dir().join(format!("antietcd-cluster-term-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dirs: Vec<_> = (0..3).map(|i| dir.join(format!("n{}", i + 1))).collect();
+    let c = Cluster::start_with(|_| "secret", |i| Some(dirs[i].clone())).await;
+    let (_, term) = wait_until(&c.statuses(), Duration::from_secs(10), "one leader", agreed).await;
+    c.shutdown().await;
+    for d in &dirs {
+        let stored: u64 = std::fs::read_to_string(d.join("raft_term")).unwrap().trim().parse().unwrap();
+        assert!(stored >= term, "{} holds {stored} < {term}", d.display());
+    }
+    // Restarted, the nodes resume from the stored terms: never below.
+    let c = Cluster::start_with(|_| "secret", |i| Some(dirs[i].clone())).await;
+    let rxs = c.statuses();
+    assert!(snapshot(&rxs).iter().all(|s| s.term >= term));
+    let (_, t2) = wait_until(&rxs, Duration::from_secs(10), "one leader again", agreed).await;
+    assert!(t2 > term);
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn cluster_options_are_validated_at_start() {
+    let base = |f: fn(&mut ServerConfig)| {
+        let mut c =
+            cluster_config("n1", "n1=http://127.0.0.1:1,n2=http://127.0.0.1:2,n3=http://127.0.0.1:3", "k");
+        f(&mut c);
+        c
+    };
+    let refused = |c: ServerConfig| c.validate().unwrap_err().to_string();
+    assert!(base(|_| {}).validate().is_ok());
+    assert!(refused(base(|c| c.node_id = None)).contains("--node_id"));
+    assert!(refused(base(|c| c.cluster_key = Some(String::new()))).contains("--cluster_key"));
+    assert!(refused(base(|c| c.node_id = Some("n9".into()))).contains("not listed"));
+    assert!(refused(base(|c| c.cluster = Some("n1=http://a:1,n2".into()))).contains("id=url"));
+    assert!(refused(base(|c| c.cluster = Some("n1=http://a:1,n1=http://b:1".into()))).contains("twice"));
+    assert!(refused(base(|c| c.cluster = Some("n1=tcp://a:1".into()))).contains("http://"));
+    assert!(refused(base(|c| c.heartbeat_timeout = 600)).contains("leadership_timeout"));
+    assert!(refused(base(|c| c.leadership_timeout = Some(1000))).contains("election_timeout"));
+    assert!(refused(base(|c| c.reconnect_interval = 0)).contains("reconnect_interval"));
+    assert!(refused(base(|c| c.etcd_proxy = Some("http://x".into()))).contains("etcd_proxy"));
+    // Node::start refuses with the typed error before binding anything.
+    match Node::start(base(|c| c.node_id = None)).await {
+        Err(ServerError::Config(antietcd::ConfigError::Cluster(
+            antietcd::ClusterConfigError::MissingNodeId,
+        ))) => {}
+        other => panic!("{other:?}"),
+    }
+    // antietcd's flag names, and the dashed spellings.
+    let c = ServerConfig::try_parse_from([
+        "antietcd",
+        "--node_id",
+        "n1",
+        "--cluster",
+        "n1=http://a:1, n2 = http://b:2",
+        "--cluster-key",
+        "k",
+        "--election-timeout",
+        "3000",
+        "--heartbeat_timeout",
+        "500",
+        "--leader-priority",
+        "2",
+        "--stale_read",
+        "0",
+        "--reconnect-interval",
+        "50",
+        "--dump_timeout",
+        "1",
+        "--load-timeout",
+        "2",
+        "--forward_timeout",
+        "3",
+        "--replication-timeout",
+        "4",
+        "--compact_timeout",
+        "5",
+        "--wait-quorum-timeout",
+        "6",
+    ])
+    .unwrap();
+    let cc = antietcd::ClusterConfig::from_server(&c).unwrap().unwrap();
+    assert_eq!(cc.nodes.len(), 2);
+    assert_eq!(cc.raft.leadership_timeout, Duration::from_millis(1750)); // (500 + 3000) / 2
+    assert_eq!(cc.raft.leader_priority, Some(2));
+    assert!(!cc.stale_read);
+    assert_eq!(cc.reconnect_interval, Duration::from_millis(50));
+    assert_eq!(cc.timeouts.wait_quorum, Duration::from_millis(6));
+    assert_eq!(cc.timeouts.replication, Duration::from_millis(4));
+}
+
+// ----- three antietcd processes -----
+
+struct Proc {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let ok = std::process::Command::new("kill").args([sig, &p.child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+}
+
+async fn proc_status(url: &str) -> Option<Value> {
+    let r = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap()
+        .post(format!("{url}/v3/maintenance/status"))
+        .body("{}")
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+/// Polls the processes' status until one leader is agreed by all of `live` at a term > `above`.
+async fn proc_agreed(procs: &[Proc], live: &[usize], above: u64, within: Duration) -> (String, u64) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut seen = BTreeMap::new();
+        for &i in live {
+            if let Some(st) = proc_status(&procs[i].url).await {
+                seen.insert(i, st);
+            }
+        }
+        if seen.len() == live.len() {
+            let leaders: Vec<_> = seen.values().filter(|s| s["raftState"] == "leader").collect();
+            if let [l] = leaders[..] {
+                let (id, term) = (l["header"]["member_id"].clone(), l["raftTerm"].as_u64().unwrap_or(0));
+                if term > above && seen.values().all(|s| s["leader"] == id && s["raftTerm"] == term) {
+                    return (id.as_str().unwrap().to_owned(), term);
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no agreed leader within {within:?}: {seen:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_port_on(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_cluster_survives_sigkill_and_sigstop() {
+    let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+    let ports: Vec<u16> = ips.iter().map(|ip| free_port_on(ip)).collect();
+    let urls: Vec<String> = ips.iter().zip(&ports).map(|(ip, p)| format!("http://{ip}:{p}")).collect();
+    let spec = urls.iter().enumerate().map(|(i, u)| format!("n{}={u}", i + 1)).collect::<Vec<_>>().join(",");
+    let spawn = |i: usize| Proc {
+        child: std::process::Command::new(env!("CARGO_BIN_EXE_antietcd"))
+            .args(["--ip", ips[i], "--port", &ports[i].to_string(), "--node_id", &format!("n{}", i + 1)])
+            .args(["--cluster", &spec, "--cluster_key", "secret", "--election_timeout", "1000"])
+            .args([
+                "--heartbeat_timeout",
+                "200",
+                "--leadership_timeout",
+                "600",
+                "--reconnect_interval",
+                "100",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        url: urls[i].clone(),
+    };
+    let mut procs: Vec<Proc> = (0..3).map(spawn).collect();
+    let (leader, term) = proc_agreed(&procs, &[0, 1, 2], 0, Duration::from_secs(15)).await;
+
+    // SIGSTOP a follower for 3 s: the leader and term do not move; after SIGCONT it follows again.
+    let f = (index(&leader) + 1) % 3;
+    signal(&procs[f], "-STOP");
+    let others: Vec<usize> = (0..3).filter(|&i| i != f).collect();
+    tokio::time::sleep(Duration::from_secs(3)).await; // the fault's duration, not an ordering wait
+    assert_eq!(proc_agreed(&procs, &others, 0, Duration::from_secs(2)).await, (leader.clone(), term));
+    signal(&procs[f], "-CONT");
+    assert_eq!(proc_agreed(&procs, &[0, 1, 2], 0, Duration::from_secs(5)).await, (leader.clone(), term));
+
+    // SIGKILL the leader: a new leader within election_timeout + 1 s.
+    let l = index(&leader);
+    signal(&procs[l], "-KILL");
+    let killed = Instant::now();
+    let rest: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let (l2, t2) = proc_agreed(&procs, &rest, term, Duration::from_millis(ELECTION_MS + 1000)).await;
+    eprintln!("SIGKILL {leader} -> new leader {l2} at term {t2} after {:?}", killed.elapsed());
+    let _ = procs[l].child.wait();
+    // It restarts and rejoins as a follower at the same term.
+    procs[l] = spawn(l);
+    assert_eq!(proc_agreed(&procs, &[0, 1, 2], 0, Duration::from_secs(10)).await, (l2.clone(), t2));
+
+    // SIGSTOP the leader: the others elect another; after SIGCONT the old one steps down and follows.
+    let l2i = index(&l2);
+    signal(&procs[l2i], "-STOP");
+    let rest: Vec<usize> = (0..3).filter(|&i| i != l2i).collect();
+    let (l3, t3) = proc_agreed(&procs, &rest, t2, Duration::from_millis(ELECTION_MS + 1000)).await;
+    signal(&procs[l2i], "-CONT");
+    let (l4, t4) = proc_agreed(&procs, &[0, 1, 2], t2, Duration::from_secs(5)).await;
+    assert!(t4 >= t3, "{l3}@{t3} then {l4}@{t4}");
+}
