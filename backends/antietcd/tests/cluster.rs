@@ -427,6 +427,7 @@ async fn proc_status(url: &str) -> Option<Value> {
         .build()
         .unwrap()
         .post(format!("{url}/v3/maintenance/status"))
+        .header("content-type", "application/json")
         .body("{}")
         .send()
         .await
@@ -518,4 +519,48 @@ async fn binary_cluster_survives_sigkill_and_sigstop() {
     signal(&procs[l2i], "-CONT");
     let (l4, t4) = proc_agreed(&procs, &[0, 1, 2], t2, Duration::from_secs(5)).await;
     assert!(t4 >= t3, "{l3}@{t3} then {l4}@{t4}");
+}
+
+/// Mixed clusters with Node antietcd 1.3.1 (`node_modules/.bin/antietcd`): two of ours + one Node, and one
+/// of ours + two Node, elect one leader that all three agree on, and keep it (no flapping) for 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_clusters_with_node_antietcd_elect_one_leader() {
+    for (round, ours) in [(0u8, 2usize), (1, 1)] {
+        let ips: Vec<String> = (0..3).map(|i| format!("127.0.0.{}", 21 + 3 * round + i as u8)).collect();
+        let ports: Vec<u16> = ips.iter().map(|ip| free_port_on(ip)).collect();
+        let urls: Vec<String> = ips.iter().zip(&ports).map(|(ip, p)| format!("http://{ip}:{p}")).collect();
+        let spec =
+            urls.iter().enumerate().map(|(i, u)| format!("n{}={u}", i + 1)).collect::<Vec<_>>().join(",");
+        let procs: Vec<Proc> = (0..3)
+            .map(|i| {
+                let bin = if i < ours {
+                    std::path::PathBuf::from(env!("CARGO_BIN_EXE_antietcd"))
+                } else {
+                    node_bin("antietcd")
+                };
+                Proc {
+                    child: std::process::Command::new(bin)
+                        .args([
+                            "--ip",
+                            &ips[i],
+                            "--port",
+                            &ports[i].to_string(),
+                            "--node_id",
+                            &format!("n{}", i + 1),
+                        ])
+                        .args(["--cluster", &spec, "--cluster_key", "secret", "--election_timeout", "1000"])
+                        .args(["--heartbeat_timeout", "200", "--leadership_timeout", "600"])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .unwrap(),
+                    url: urls[i].clone(),
+                }
+            })
+            .collect();
+        let (leader, term) = proc_agreed(&procs, &[0, 1, 2], 0, Duration::from_secs(20)).await;
+        eprintln!("{ours} of ours + {} Node: leader {leader} at term {term}", 3 - ours);
+        tokio::time::sleep(Duration::from_secs(3)).await; // observation window, not ordering
+        assert_eq!(proc_agreed(&procs, &[0, 1, 2], 0, Duration::from_secs(2)).await, (leader, term));
+    }
 }
