@@ -337,6 +337,12 @@ impl Node {
         self.shared.cluster.as_ref().map(|c| c.status())
     }
 
+    /// The cluster runtime, if any (peer requests of the replication slice, unit tests).
+    #[allow(dead_code)]
+    pub(crate) fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.shared.cluster.as_ref()
+    }
+
     /// The address the node listens on, if it listens.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr

@@ -26,6 +26,8 @@ mod driver;
 mod inbound;
 mod peer;
 mod term;
+#[cfg(test)]
+mod tests;
 
 pub use config::{parse_cluster, peer_ws_url, ClusterConfig, ClusterConfigError, PeerTimeouts};
 pub(crate) use inbound::{next_reply, Inbound};

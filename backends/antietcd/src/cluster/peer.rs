@@ -37,6 +37,11 @@ impl Link {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
     pub(crate) fn remove_pending(&self, id: u64) {
         if let Ok(mut p) = self.pending.lock() {
             p.remove(&id);
