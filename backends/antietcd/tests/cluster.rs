@@ -519,6 +519,20 @@ async fn binary_cluster_survives_sigkill_and_sigstop() {
     signal(&procs[l2i], "-CONT");
     let (l4, t4) = proc_agreed(&procs, &[0, 1, 2], t2, Duration::from_secs(5)).await;
     assert!(t4 >= t3, "{l3}@{t3} then {l4}@{t4}");
+
+    // Graceful shutdown does not wait for a frozen peer: SIGTERM a node while another is SIGSTOPped.
+    signal(&procs[0], "-STOP");
+    signal(&procs[1], "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(st) = procs[1].child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM did not stop the node within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    signal(&procs[0], "-CONT");
 }
 
 /// Mixed clusters with Node antietcd 1.3.1 (`node_modules/.bin/antietcd`): two of ours + one Node, and one

@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 const LINK_QUEUE: usize = 1024;
 /// How long one dial (TCP + websocket handshake) may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one frame may take to leave (a peer that stops reading, e.g. SIGSTOPped, blocks the socket):
+/// past it the link is closed and redialed.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
@@ -118,6 +121,15 @@ pub(crate) async fn dial_loop(
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Sends one frame unless the node stops or the peer does not take it within [`SEND_TIMEOUT`]; false if
+/// the link should close.
+async fn send(socket: &mut Socket, message: Message, stopping: &CancellationToken) -> bool {
+    tokio::select! {
+        r = tokio::time::timeout(SEND_TIMEOUT, socket.send(message)) => matches!(r, Ok(Ok(()))),
+        _ = stopping.cancelled() => false,
+    }
+}
+
 async fn run_link(
     cluster: &Arc<Cluster>,
     peer: &str,
@@ -127,7 +139,7 @@ async fn run_link(
 ) {
     let identify =
         serde_json::json!({"identify": {"key": cluster.config.key, "node_id": cluster.config.node_id}});
-    if socket.send(Message::text(identify.to_string())).await.is_err() {
+    if !send(&mut socket, Message::text(identify.to_string()), stopping).await {
         return;
     }
     let (tx, mut rx) = mpsc::channel::<String>(LINK_QUEUE);
@@ -160,16 +172,16 @@ async fn run_link(
                     break;
                 }
                 alive = false;
-                if socket.send(Message::Ping(Default::default())).await.is_err() { break; }
+                if !send(&mut socket, Message::Ping(Default::default()), stopping).await { break; }
                 continue;
             }
             _ = stopping.cancelled() => {
-                let _ = socket.send(Message::Close(None)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(None))).await;
                 break;
             }
         };
         for text in out {
-            if socket.send(Message::text(text)).await.is_err() {
+            if !send(&mut socket, Message::text(text), stopping).await {
                 cluster.links.unregister(peer, generation);
                 return;
             }
