@@ -52,7 +52,8 @@
 //!
 //! Layout: `engine`/`types`/`watch` (the store), `wire` (JSON ⇄ engine types), `http` (REST pipeline),
 //! `ws` (websocket watches), `persist` (file format, durability barrier), `server` ([`Node`], [`serve`],
-//! accept loop, shutdown), `tls`, `config` ([`ServerConfig`]), `bin/` (antietcd, anticli).
+//! accept loop, shutdown), `tls`, `config` ([`ServerConfig`]), [`cluster`] (peer transport and TinyRaft
+//! election; `COMPAT-cluster.md`), `bin/` (antietcd, anticli).
 
 pub mod cluster;
 mod config;
