@@ -13,12 +13,12 @@
 //! ```
 //!
 //! As in antietcd, a node originates messages (raft, requests) only on its own outgoing socket to a peer;
-//! replies travel back on the socket the request came on. [`Cluster::request`] is the request/reply
+//! replies travel back on the socket the request came on. `Cluster::request` is the request/reply
 //! primitive (`request_id`, per-request timeout) the replication slice builds `dump`, `load`, `replicate`,
 //! `compact`, `check_leader` and forwarded requests on.
 //!
 //! This slice elects; it does not replicate yet: a leader executes requests locally, followers and
-//! candidates answer 503 (see [`Cluster::gate`]). TLS to peers (`peer_ca`, client certificates) is not
+//! candidates answer 503 (see `Cluster::gate`). TLS to peers (`peer_ca`, client certificates) is not
 //! implemented yet: `https://` peers are dialed as `wss://` with the system roots.
 
 mod config;
