@@ -119,6 +119,21 @@ impl LockOptions {
 
 /// Whole seconds for a TTL: rounded up, at least 1.
 pub(crate) fn ttl_secs(ttl: Duration) -> i64 {
-    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    let secs = ttl.as_secs().saturating_add(u64::from(ttl.subsec_nanos() > 0));
     i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TTLs round up to whole seconds, at least one, and saturate instead of overflowing.
+    #[test]
+    fn ttl_rounding() {
+        assert_eq!(ttl_secs(Duration::ZERO), 1);
+        assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ttl_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(ttl_secs(Duration::from_secs(20)), 20);
+        assert_eq!(ttl_secs(Duration::MAX), i64::MAX);
+    }
 }

@@ -636,6 +636,9 @@ pub async fn leases(env: &Env) {
     let gone =
         s.put("leased/d", b"4", Some(WriteOptions::new().with_lease(valkeyrie::LeaseId(424242)))).await;
     assert!(matches!(gone, Err(Error::LeaseNotFound)), "{gone:?}");
+    // An absurd TTL is an error from the backend, not a panic.
+    assert!(s.grant_lease(Duration::MAX).await.is_err());
+    assert!(s.put("leased/e", b"5", Some(WriteOptions::new().with_ttl(Duration::MAX))).await.is_err());
 }
 
 /// `prefix=` namespaces: stores with different prefixes do not see each other's keys; a store without a
