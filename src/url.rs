@@ -399,6 +399,29 @@ mod tests {
         }
     }
 
+    /// Arbitrary strings never panic the parser (they parse or are a typed error).
+    #[test]
+    fn random_urls_do_not_panic() {
+        use rand::{Rng, SeedableRng};
+        let alphabet: Vec<char> = "embdtcanis:/?&=%,.[]@#0123456789 éü\u{0}".chars().collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..40);
+            let mut url: String = (0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect();
+            if rng.random_bool(0.5) {
+                url.insert_str(
+                    0,
+                    ["embedded://", "etcd://", "antietcd://h:1", "etcds://a:2,"][rng.random_range(0..4)],
+                );
+            }
+            let _ = StoreUrl::parse(&url);
+            if let Ok(u) = StoreUrl::parse(&url) {
+                let _ = u.duration("timeout", Duration::from_secs(1));
+                let _ = u.number("n", 0u64, 0..=10);
+            }
+        }
+    }
+
     /// Duration parameters: units, bare seconds, and the refusals.
     #[test]
     fn durations() {
