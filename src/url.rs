@@ -207,8 +207,9 @@ fn percent_decode(s: &str) -> std::result::Result<String, String> {
 /// `watch_capacity=N` (batches a watch consumer may fall behind before it gets [`Error::Lagged`],
 /// default 4096), `listen=ip:port` and, with a file, `persist_interval=ms` (antietcd's relaxed mode:
 /// persist at most that often, acknowledging writes before they are on disk). The remote backends take
-/// `timeout`, `connect_timeout`, `username` and `password`, `ca`, `cert` and `key`. Unknown parameters
-/// and bad values are typed errors.
+/// `timeout`, `connect_timeout`, `watch_reconnect_timeout` (how long a watch tries to resume where it was
+/// before it resynchronises from a fresh snapshot, default 60s), `username` and `password`, `ca`, `cert`
+/// and `key`. Unknown parameters and bad values are typed errors.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -291,8 +292,19 @@ async fn open_remote(url: &str, u: &StoreUrl, prefix: &str) -> Result<Arc<dyn St
     };
     u.check_params(
         name,
-        &["prefix", "timeout", "connect_timeout", "username", "password", "ca", "cert", "key"],
+        &[
+            "prefix",
+            "timeout",
+            "connect_timeout",
+            "watch_reconnect_timeout",
+            "username",
+            "password",
+            "ca",
+            "cert",
+            "key",
+        ],
     )?;
+    let watch_reconnect = u.duration("watch_reconnect_timeout", Duration::from_secs(60))?;
     if u.endpoints.is_empty() {
         return Err(Error::InvalidUrl {
             url: url.to_owned(),
@@ -338,7 +350,8 @@ async fn open_remote(url: &str, u: &StoreUrl, prefix: &str) -> Result<Arc<dyn St
     let client = etcd_json::Client::connect(endpoints, options)
         .await
         .map_err(|e| crate::backend::remote::map_err(name, e))?;
-    Ok(Arc::new(crate::backend::Client::new(crate::backend::remote::Remote::new(client, name), prefix)))
+    let remote = crate::backend::remote::Remote::new(client, name, watch_reconnect);
+    Ok(Arc::new(crate::backend::Client::new(remote, prefix)))
 }
 
 #[cfg(test)]

@@ -89,3 +89,38 @@ async fn compacted_history_means_error_then_snapshot() {
     let b = next(&mut w).await.unwrap();
     assert_eq!((b.events[0].kind, b.events[0].pair.key.as_str()), (EventKind::Put, "svc/c"));
 }
+
+/// An outage longer than the watch's reconnect window: the stream does not end. It reports the
+/// interruption (`NotReachable`, repeated with backoff while the server is unreachable), then resynchronises
+/// with a fresh snapshot once the server is back, and goes on live.
+#[tokio::test]
+async fn long_outage_resynchronises_instead_of_ending() {
+    let node = server(1000).await;
+    let proxy = Proxy::start(node.local_addr().unwrap()).await;
+    let url =
+        format!("antietcd://{}?timeout=500ms&connect_timeout=200ms&watch_reconnect_timeout=1s", proxy.addr);
+    let watcher = valkeyrie::open(&url).await.unwrap();
+    let writer = valkeyrie::open(&format!("antietcd://{}", node.local_addr().unwrap())).await.unwrap();
+    let mut w = watcher.watch_tree("svc", None).await.unwrap();
+    assert!(next(&mut w).await.unwrap().snapshot);
+    proxy.set_cut(true);
+    writer.put("svc/during", b"outage", None).await.unwrap();
+    let mut interruptions = 0;
+    while interruptions < 2 {
+        match next(&mut w).await {
+            Err(e) if e.is_transient() => interruptions += 1,
+            other => panic!("expected NotReachable while cut, got {other:?}"),
+        }
+    }
+    proxy.set_cut(false);
+    let snapshot = loop {
+        match next(&mut w).await {
+            Ok(b) if b.snapshot => break b,
+            Ok(b) => panic!("a delta before the resynchronising snapshot: {b:?}"),
+            Err(e) => assert!(e.is_transient(), "{e:?}"),
+        }
+    };
+    assert_eq!(snapshot.events.iter().map(|e| e.pair.key.as_str()).collect::<Vec<_>>(), ["svc/during"]);
+    writer.put("svc/after", b"live", None).await.unwrap();
+    assert_eq!(next(&mut w).await.unwrap().events[0].pair.key, "svc/after");
+}

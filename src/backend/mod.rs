@@ -177,6 +177,10 @@ impl<B: Backend> Client<B> {
         &self.inner.backend
     }
 
+    fn is_closed(&self) -> bool {
+        *self.inner.closed.borrow()
+    }
+
     fn check_open(&self) -> Result<()> {
         if *self.inner.closed.borrow() {
             Err(Error::Closed)
@@ -328,8 +332,22 @@ enum WatchPhase<T> {
     Start(T, RawWatch),
     /// Following the raw stream.
     Live(RawWatch),
-    /// The raw stream could not continue: take a fresh snapshot and start again.
-    Resync,
+    /// The raw stream could not continue: take a fresh snapshot and start again (the number of failed
+    /// attempts so far, for the backoff).
+    Resync(u32),
+}
+
+/// How long to wait before resynchronisation attempt `n + 1`: 200 ms doubling to 5 s.
+fn resync_backoff(n: u32) -> Duration {
+    Duration::from_millis(200u64 << n.min(5)).min(Duration::from_secs(5))
+}
+
+/// The error a watch yields when its backend stream ended while the store is open: it then resynchronises.
+fn interrupted(backend: &'static str) -> Error {
+    Error::NotReachable {
+        backend,
+        source: "the watch connection ended; resynchronising from a fresh snapshot".into(),
+    }
 }
 
 #[async_trait]
@@ -401,17 +419,20 @@ impl<B: Backend> Store for Client<B> {
                             Some((events, WatchPhase::Live(raw)))
                         }
                         Some(Err(e @ (Error::Lagged | Error::Compacted { .. }))) => {
-                            Some((vec![Err(e)], WatchPhase::Resync))
+                            Some((vec![Err(e)], WatchPhase::Resync(0)))
                         }
-                        Some(Err(Error::Closed)) | None => None,
+                        Some(Err(Error::Closed)) | None if this.is_closed() => None,
+                        Some(Err(Error::Closed)) | None => {
+                            Some((vec![Err(interrupted(this.inner.backend.name()))], WatchPhase::Resync(0)))
+                        }
                         Some(Err(e)) => Some((vec![Err(e)], WatchPhase::Live(raw))),
                     },
-                    WatchPhase::Resync => match current(this, full, key).await {
+                    WatchPhase::Resync(n) => match current(this, full, key).await {
                         Ok((event, raw)) => Some((vec![Ok(event)], WatchPhase::Live(raw))),
                         Err(Error::Closed) => None,
                         Err(e) => {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            Some((vec![Err(e)], WatchPhase::Resync))
+                            tokio::time::sleep(resync_backoff(n)).await;
+                            Some((vec![Err(e)], WatchPhase::Resync(n + 1)))
                         }
                     },
                 }
@@ -458,18 +479,24 @@ impl<B: Backend> Store for Client<B> {
                                 break Some((Ok(batch), WatchPhase::Live(raw)));
                             }
                             Some(Err(e @ (Error::Lagged | Error::Compacted { .. }))) => {
-                                break Some((Err(e), WatchPhase::Resync))
+                                break Some((Err(e), WatchPhase::Resync(0)))
                             }
-                            Some(Err(Error::Closed)) | None => break None,
+                            Some(Err(Error::Closed)) | None if this.is_closed() => break None,
+                            Some(Err(Error::Closed)) | None => {
+                                break Some((
+                                    Err(interrupted(this.inner.backend.name())),
+                                    WatchPhase::Resync(0),
+                                ))
+                            }
                             Some(Err(e)) => break Some((Err(e), WatchPhase::Live(raw))),
                         }
                     },
-                    WatchPhase::Resync => match current(this, dir).await {
+                    WatchPhase::Resync(n) => match current(this, dir).await {
                         Ok((batch, raw)) => Some((Ok(batch), WatchPhase::Live(raw))),
                         Err(Error::Closed) => None,
                         Err(e) => {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            Some((Err(e), WatchPhase::Resync))
+                            tokio::time::sleep(resync_backoff(n)).await;
+                            Some((Err(e), WatchPhase::Resync(n + 1)))
                         }
                     },
                 }

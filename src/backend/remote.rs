@@ -20,11 +20,13 @@ use futures::StreamExt;
 pub(crate) struct Remote {
     client: Client,
     name: &'static str,
+    /// How long a watch tries to resume where it was; after that the facade resynchronises it.
+    watch_reconnect: std::time::Duration,
 }
 
 impl Remote {
-    pub(crate) fn new(client: Client, name: &'static str) -> Self {
-        Remote { client, name }
+    pub(crate) fn new(client: Client, name: &'static str, watch_reconnect: std::time::Duration) -> Self {
+        Remote { client, name, watch_reconnect }
     }
 
     fn err(&self, e: etcd_json::Error) -> Error {
@@ -149,11 +151,9 @@ impl Backend for Remote {
             Range::Dir(d) => (d.to_vec(), WatchOptions::new().with_prefix()),
             Range::All => (vec![0], WatchOptions::new().with_all_keys()),
         };
-        let stream = self
-            .client
-            .watch(key, Some(options.with_start_revision(start_revision)))
-            .await
-            .map_err(|e| self.err(e))?;
+        let options =
+            options.with_start_revision(start_revision).with_reconnect_timeout(self.watch_reconnect);
+        let stream = self.client.watch(key, Some(options)).await.map_err(|e| self.err(e))?;
         let name = self.name;
         Ok(stream
             .flat_map(move |item| {
