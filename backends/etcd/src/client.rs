@@ -84,6 +84,7 @@ pub struct ClientOptions {
     pub(crate) cert_file: Option<PathBuf>,
     pub(crate) key_file: Option<PathBuf>,
     pub(crate) watch_transport: WatchTransport,
+    pub(crate) ws_idle_timeout: Duration,
     pub(crate) flavour: Option<ServerFlavour>,
 }
 
@@ -99,6 +100,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("cert_file", &self.cert_file)
             .field("key_file", &self.key_file)
             .field("watch_transport", &self.watch_transport)
+            .field("ws_idle_timeout", &self.ws_idle_timeout)
             .field("flavour", &self.flavour)
             .finish()
     }
@@ -118,6 +120,7 @@ impl Default for ClientOptions {
             cert_file: None,
             key_file: None,
             watch_transport: WatchTransport::Auto,
+            ws_idle_timeout: Duration::from_secs(60),
             flavour: None,
         }
     }
@@ -171,6 +174,13 @@ impl ClientOptions {
     pub fn with_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
         self.cert_file = Some(cert.into());
         self.key_file = Some(key.into());
+        self
+    }
+
+    /// How long a websocket watch may hear nothing (no message, no ping or pong) before it is taken for
+    /// dead and reconnected, resuming where it was. The client pings after half of it. Default 60 s.
+    pub fn with_ws_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.ws_idle_timeout = timeout.max(Duration::from_millis(100));
         self
     }
 
@@ -279,6 +289,10 @@ impl Client {
             .connect_timeout(options.connect_timeout)
             .pool_idle_timeout(options.pool_idle_timeout)
             .tcp_keepalive(options.tcp_keepalive)
+            // Find a dead peer (a silently dropped connection, as under a long HTTP watch) within about
+            // twice the keepalive time, not the kernel's default of over ten minutes.
+            .tcp_keepalive_interval(options.tcp_keepalive.map(|k| (k / 3).max(Duration::from_secs(1))))
+            .tcp_keepalive_retries(options.tcp_keepalive.map(|_| 3))
             .use_preconfigured_tls((*tls).clone())
             .build()
             .map_err(|e| Error::config("cannot build the HTTP client", Some(Box::new(e))))?;

@@ -326,23 +326,43 @@ enum Conn {
 
 impl Conn {
     /// The next message's bytes; `None` when the connection ended.
-    async fn next_message(&mut self) -> Option<Result<Vec<u8>>> {
+    async fn next_message(&mut self, idle: Duration) -> Option<Result<Vec<u8>>> {
         match self {
             Conn::Http(stream) => stream.next_value().await,
-            Conn::Ws(socket) => loop {
-                match socket.next().await {
-                    Some(Ok(Message::Text(text))) => return Some(Ok(text.as_bytes().to_vec())),
-                    Some(Ok(Message::Binary(data))) => return Some(Ok(data.to_vec())),
-                    Some(Ok(Message::Close(_))) | None => return None,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        return Some(Err(Error::unavailable(
-                            "the websocket broke",
-                            Some(Box::new(e) as BoxError),
-                        )))
+            Conn::Ws(socket) => {
+                // A connection that went silently dead (a dropped NAT entry, a frozen peer) never errors:
+                // ping after half the idle timeout, and give the connection up if nothing at all comes.
+                let half = idle / 2;
+                let mut pinged = false;
+                loop {
+                    match tokio::time::timeout(half, socket.next()).await {
+                        Ok(Some(Ok(Message::Text(text)))) => return Some(Ok(text.as_bytes().to_vec())),
+                        Ok(Some(Ok(Message::Binary(data)))) => return Some(Ok(data.to_vec())),
+                        Ok(Some(Ok(Message::Close(_))) | None) => return None,
+                        Ok(Some(Ok(_))) => pinged = false, // ping or pong: alive
+                        Ok(Some(Err(e))) => {
+                            return Some(Err(Error::unavailable(
+                                "the websocket broke",
+                                Some(Box::new(e) as BoxError),
+                            )))
+                        }
+                        Err(_) if pinged => {
+                            return Some(Err(Error::unavailable(
+                                "the websocket went silent (no answer to a ping)",
+                                None,
+                            )))
+                        }
+                        Err(_) => {
+                            pinged = true;
+                            let ping =
+                                tokio::time::timeout(half, socket.send(Message::Ping(Default::default())));
+                            if !matches!(ping.await, Ok(Ok(()))) {
+                                return Some(Err(Error::unavailable("the websocket went silent", None)));
+                            }
+                        }
                     }
                 }
-            },
+            }
         }
     }
 }
@@ -440,7 +460,7 @@ impl Driver {
             Via::Ws => Self::open_ws(&self.client, &base, body).await?,
         };
         // Wait for the creation message.
-        let first = match conn.next_message().await {
+        let first = match conn.next_message(self.client.options().ws_idle_timeout).await {
             Some(Ok(bytes)) => bytes,
             Some(Err(e)) => return Err(OpenError::Retry(e)),
             None => {
@@ -626,7 +646,7 @@ impl Driver {
                     }
                 }
             };
-            match conn.next_message().await {
+            match conn.next_message(self.client.options().ws_idle_timeout).await {
                 Some(Ok(bytes)) => match self.parse(&bytes) {
                     Ok(response) if response.canceled => {
                         let e = self.cancel_error(&response);
