@@ -11,10 +11,14 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use base64::Engine as _;
+use common::{antietcd_binary, free_port};
 use serde_json::json;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,17 +26,8 @@ use std::time::{Duration, Instant};
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const CONNECTIONS: usize = 32;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn ours(dir: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_antietcd"))
-        .args(["--data_dir", &dir.display().to_string(), "--port", &port.to_string(), "--ip", "127.0.0.1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    antietcd_binary(port, &["--data_dir", &dir.display().to_string()])
 }
 
 async fn wait_ready(http: &reqwest::Client, base: &str) -> Duration {

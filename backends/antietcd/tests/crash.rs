@@ -7,29 +7,23 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use base64::Engine as _;
+use common::{antietcd_binary, free_port};
 use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 8;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn start(dir: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_antietcd"))
-        .args(["--data_dir", &dir.display().to_string(), "--port", &port.to_string(), "--ip", "127.0.0.1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    antietcd_binary(port, &["--data_dir", &dir.display().to_string()])
 }
 
 async fn wait_ready(http: &reqwest::Client, base: &str) {

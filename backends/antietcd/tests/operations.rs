@@ -6,7 +6,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{free_port, ours};
+use common::{antietcd_binary, free_port, ours};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use std::process::{Command, Stdio};
@@ -29,21 +29,7 @@ async fn sigterm_shuts_down_cleanly() {
     let dir = std::env::temp_dir().join(format!("antietcd-sigterm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let http = reqwest::Client::new();
-    let run = |port: u16| {
-        Command::new(env!("CARGO_BIN_EXE_antietcd"))
-            .args([
-                "--data_dir",
-                &dir.display().to_string(),
-                "--port",
-                &port.to_string(),
-                "--ip",
-                "127.0.0.1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let run = |port: u16| antietcd_binary(port, &["--data_dir", &dir.display().to_string()]);
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = run(port);

@@ -36,6 +36,17 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Our `antietcd` binary on 127.0.0.1:`port` with extra `args`, output discarded; kill it when done.
+pub fn antietcd_binary(port: u16, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_antietcd"))
+        .args(["--port", &port.to_string(), "--ip", "127.0.0.1"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Our server, in-process on 127.0.0.1:0.
 pub async fn ours(config: ServerConfig) -> (Node, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
