@@ -213,6 +213,11 @@ impl Durable {
         &self.recovery
     }
 
+    /// The log's counters (records, syncs, checkpoints).
+    pub fn wal_stats(&self) -> crate::wal::WalStats {
+        self.wal.stats()
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir

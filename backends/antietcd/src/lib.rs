@@ -61,6 +61,7 @@ pub mod durable;
 mod engine;
 mod error;
 mod http;
+mod keepalive;
 pub mod persist;
 mod server;
 pub mod tls;

@@ -103,26 +103,22 @@ impl Shared {
 
 /// The Prometheus text of `/metrics`.
 pub(crate) fn metrics_text(shared: &Shared) -> String {
+    /// One sample of a metric without labels, with its TYPE line.
+    fn metric(out: &mut String, kind: &str, name: &str, value: impl std::fmt::Display) {
+        let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
+    }
     let st = shared.engine.status();
     let m = &shared.metrics;
     let mut out = String::new();
-    let _ = writeln!(out, "# TYPE antietcd_revision gauge\nantietcd_revision {}", st.revision);
-    let _ = writeln!(
-        out,
-        "# TYPE antietcd_compact_revision gauge\nantietcd_compact_revision {}",
-        st.compact_revision
-    );
-    let _ = writeln!(out, "# TYPE antietcd_keys gauge\nantietcd_keys {}", st.keys);
-    let _ = writeln!(out, "# TYPE antietcd_leases gauge\nantietcd_leases {}", st.leases);
-    let _ = writeln!(out, "# TYPE antietcd_watchers gauge\nantietcd_watchers {}", st.watchers);
+    metric(&mut out, "gauge", "antietcd_revision", st.revision);
+    metric(&mut out, "gauge", "antietcd_compact_revision", st.compact_revision);
+    metric(&mut out, "gauge", "antietcd_keys", st.keys);
+    metric(&mut out, "gauge", "antietcd_leases", st.leases);
+    metric(&mut out, "gauge", "antietcd_watchers", st.watchers);
     let _ = writeln!(out, "# TYPE antietcd_requests_total counter");
     for api in Api::ALL {
-        let _ = writeln!(
-            out,
-            "antietcd_requests_total{{api=\"{}\"}} {}",
-            api.name(),
-            m.requests[api as usize].load(Ordering::Relaxed)
-        );
+        let n = m.requests[api as usize].load(Ordering::Relaxed);
+        let _ = writeln!(out, "antietcd_requests_total{{api=\"{}\"}} {n}", api.name());
     }
     let _ = writeln!(out, "# TYPE antietcd_http_responses_total counter");
     for (i, c) in m.http_responses.iter().enumerate() {
@@ -133,37 +129,19 @@ pub(crate) fn metrics_text(shared: &Shared) -> String {
             c.load(Ordering::Relaxed)
         );
     }
-    let _ = writeln!(
-        out,
-        "# TYPE antietcd_http_connections gauge\nantietcd_http_connections {}",
-        m.http_connections.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE antietcd_websocket_connections gauge\nantietcd_websocket_connections {}",
-        m.ws_connections.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE antietcd_websocket_watches gauge\nantietcd_websocket_watches {}",
-        m.watches.load(Ordering::Relaxed)
-    );
+    metric(&mut out, "gauge", "antietcd_http_connections", m.http_connections.load(Ordering::Relaxed));
+    metric(&mut out, "gauge", "antietcd_websocket_connections", m.ws_connections.load(Ordering::Relaxed));
+    metric(&mut out, "gauge", "antietcd_websocket_watches", m.watches.load(Ordering::Relaxed));
     if let Some(p) = &shared.persister {
-        let _ = writeln!(
-            out,
-            "# TYPE antietcd_persist_writes_total counter\nantietcd_persist_writes_total {}",
-            p.writes.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE antietcd_persist_durable_revision gauge\nantietcd_persist_durable_revision {}",
-            p.durable()
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE antietcd_persist_failed gauge\nantietcd_persist_failed {}",
-            i32::from(p.check().is_err())
-        );
+        metric(&mut out, "counter", "antietcd_persist_writes_total", p.writes.load(Ordering::Relaxed));
+        metric(&mut out, "gauge", "antietcd_persist_durable_revision", p.durable());
+        metric(&mut out, "gauge", "antietcd_persist_failed", i32::from(p.check().is_err()));
+    }
+    if let Some(d) = &shared.durable {
+        let w = d.wal_stats();
+        metric(&mut out, "counter", "antietcd_wal_records_total", w.records);
+        metric(&mut out, "counter", "antietcd_wal_syncs_total", w.syncs);
+        metric(&mut out, "counter", "antietcd_wal_checkpoints_total", w.checkpoints);
     }
     out
 }

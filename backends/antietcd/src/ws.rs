@@ -14,6 +14,7 @@
 //! stop the server. A watch that falls `watch_capacity` revisions behind is cancelled with a
 //! `cancel_reason`.
 
+use crate::keepalive::{Due, Keepalive};
 use crate::server::Shared;
 use crate::wire::{field, header, int, object, truthy, type_name, Codec};
 use crate::{Revision, WatchBatch, WatchError, WatchRequest};
@@ -27,7 +28,6 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_stream::StreamMap;
 
 type WatchStream = BoxStream<'static, Result<WatchBatch, WatchError>>;
@@ -93,37 +93,28 @@ impl Session {
 
     async fn run(mut self, mut socket: WebSocket) {
         let stopping = self.shared.stopping.clone();
-        let keepalive = self.shared.ws_keepalive;
-        let mut ticker =
-            tokio::time::interval(if keepalive.is_zero() { Duration::from_secs(3600) } else { keepalive });
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        let mut alive = true;
+        let mut keepalive = Keepalive::new(self.shared.ws_keepalive);
         loop {
             let out: Vec<String> = tokio::select! {
                 msg = socket.recv() => match msg {
                     Some(Ok(Message::Text(t))) => {
-                        alive = true;
+                        keepalive.heard();
                         self.on_message(t.as_bytes())
                     }
                     Some(Ok(Message::Binary(b))) => {
-                        alive = true;
+                        keepalive.heard();
                         self.on_message(&b)
                     }
                     Some(Ok(Message::Pong(_))) | Some(Ok(Message::Ping(_))) => {
-                        alive = true;
+                        keepalive.heard();
                         continue;
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 },
                 Some(first) = self.watches.next(), if !self.watches.is_empty() => self.on_batches(first),
                 Some(reply) = crate::cluster::next_reply(&mut self.peer) => vec![reply],
-                _ = ticker.tick(), if !keepalive.is_zero() => {
-                    if !alive {
-                        break;
-                    }
-                    alive = false;
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                due = keepalive.due() => {
+                    if due == Due::Dead || socket.send(Message::Ping(Default::default())).await.is_err() {
                         break;
                     }
                     continue;

@@ -160,3 +160,30 @@ async fn access_log_lines() {
     let logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(logs.lines().any(|l| l.contains("POST /v3/kv/put 200")), "no access line in:\n{logs}");
 }
+
+/// With `--data_dir`, `/metrics` reports the write-ahead log: records written and the syncs that covered them.
+#[tokio::test]
+async fn wal_metrics() {
+    let dir = std::env::temp_dir().join(format!("antietcd-walmetrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (node, url) =
+        ours(antietcd::ServerConfig { data_dir: Some(dir.clone()), ..Default::default() }).await;
+    let http = reqwest::Client::new();
+    for i in 0..3 {
+        let put = json!({"key": B64.encode(format!("k{i}")), "value": B64.encode("v")});
+        assert!(http.post(format!("{url}/v3/kv/put")).json(&put).send().await.unwrap().status().is_success());
+    }
+    let text = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |name: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("antietcd_wal_records_total"), 3);
+    let syncs = value("antietcd_wal_syncs_total");
+    assert!((1..=3).contains(&syncs), "{syncs}");
+    node.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

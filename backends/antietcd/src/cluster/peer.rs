@@ -4,6 +4,7 @@
 //! (raft, requests) goes through the same dispatcher as an identified incoming socket.
 
 use super::{Cluster, Event, Inbound};
+use crate::keepalive::{Due, Keepalive};
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -148,11 +149,7 @@ async fn run_link(
     cluster.notify(Event::Connected(peer.to_owned()));
     // Requests the peer sends on this socket are answered here, as by an incoming socket identified as it.
     let mut inbound = Inbound::trusted(cluster.clone(), peer.to_owned());
-    let mut ticker =
-        tokio::time::interval(if keepalive.is_zero() { Duration::from_secs(3600) } else { keepalive });
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    let mut alive = true;
+    let mut keepalive = Keepalive::new(keepalive);
     loop {
         let out: Vec<String> = tokio::select! {
             text = rx.recv() => match text {
@@ -160,18 +157,17 @@ async fn run_link(
                 None => break,
             },
             msg = socket.next() => match msg {
-                Some(Ok(Message::Text(t))) => { alive = true; on_frame(&pending, &mut inbound, peer, t.as_bytes()) }
-                Some(Ok(Message::Binary(b))) => { alive = true; on_frame(&pending, &mut inbound, peer, &b) }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => { alive = true; continue }
+                Some(Ok(Message::Text(t))) => { keepalive.heard(); on_frame(&pending, &mut inbound, peer, t.as_bytes()) }
+                Some(Ok(Message::Binary(b))) => { keepalive.heard(); on_frame(&pending, &mut inbound, peer, &b) }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => { keepalive.heard(); continue }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
             },
             reply = inbound.next_reply() => match reply { Some(r) => vec![r], None => continue },
-            _ = ticker.tick(), if !keepalive.is_zero() => {
-                if !alive {
+            due = keepalive.due() => {
+                if due == Due::Dead {
                     tracing::info!(target: "antietcd::cluster", "{peer} did not answer a ping: closing");
                     break;
                 }
-                alive = false;
                 if !send(&mut socket, Message::Ping(Default::default()), stopping).await { break; }
                 continue;
             }
