@@ -9,6 +9,7 @@
 //! | `embedded:///path/dir` | the same, durable: a write-ahead log (a write returns once it is on disk) |
 //! | `embedded:///path/file.gz` | the same, in antietcd's gzip-JSON file format (compatibility) |
 //! | `embedded://?listen=127.0.0.1:2379` | the same, also serving antietcd's API to other processes |
+//! | `embedded://?node_id=n1&cluster=n1=http://…,n2=…&cluster_key=K` | a cluster member, its node in-process |
 //! | `etcd://host:port[,…]`, `etcds://…` | etcd (>= 3.4) over its v3 JSON API |
 //! | `antietcd://host:port[,…]`, `antietcds://…` | an antietcd server (this project's or Node's) |
 //!

@@ -4,12 +4,14 @@
 //! |---|---|
 //! | `embedded://` | an in-memory antietcd engine inside this process |
 //! | `embedded:///path/file.gz` | the same, persisted; `?listen=ip:port` also serves antietcd's API |
+//! | `embedded://?node_id=n1&cluster=n1=http://h1:p1,n2=…&cluster_key=K` | a cluster member, its node in-process |
 //! | `etcd://host:port[,host:port…]`, `etcds://…` | etcd over its v3 JSON API (HTTP / HTTPS) |
 //! | `antietcd://host:port[,host:port…]`, `antietcds://…` | an antietcd server (ours or Node's) |
 //!
 //! Parameters every backend takes: `prefix=/app` (every key of the store lives under `/app/`).
 //! The embedded backend also takes `compact_revisions=N` (history kept for watches) and
-//! `watch_capacity=N` (batches a watch consumer may fall behind before it gets `Lagged`).
+//! `watch_capacity=N` (batches a watch consumer may fall behind before it gets `Lagged`), and, for a
+//! cluster member, the cluster parameters described at [`open`].
 
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -151,7 +153,6 @@ impl StoreUrl {
 
 /// A duration parameter: `500ms`, `5s`, `2m`, or a bare number of seconds.
 impl StoreUrl {
-    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     fn duration(&self, name: &str, default: Duration) -> Result<Duration> {
         let Some(v) = self.param(name) else { return Ok(default) };
         let (digits, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
@@ -170,6 +171,24 @@ impl StoreUrl {
                 reason: "expected a positive duration such as 500ms, 5s or 2m".to_owned(),
             }),
         }
+    }
+}
+
+impl StoreUrl {
+    /// A duration parameter with its unit (`500ms`, `2s`, `1m`), in whole milliseconds, or `None` if absent.
+    /// A bare number is refused: antietcd's flags count milliseconds where the other URL parameters count
+    /// seconds, and guessing wrong would be off by a thousand.
+    fn millis(&self, name: &str) -> Result<Option<u64>> {
+        let Some(v) = self.param(name) else { return Ok(None) };
+        if v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::InvalidParameter {
+                name: name.to_owned(),
+                value: v.to_owned(),
+                reason: "give a unit: 500ms, 2s or 1m".to_owned(),
+            });
+        }
+        let d = self.duration(name, Duration::ZERO)?;
+        Ok(Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
     }
 }
 
@@ -199,6 +218,7 @@ fn percent_decode(s: &str) -> std::result::Result<String, String> {
 /// | `embedded:///path/dir` | the same, durable: a write-ahead log with group commit in `dir` |
 /// | `embedded:///path/file.gz` | the same, persisted in antietcd's gzip-JSON format (compatibility) |
 /// | `embedded://?listen=ip:port` | the same, also serving antietcd's REST + websocket API |
+/// | `embedded://[path]?node_id=n1&cluster=n1=http://ip:port,…&cluster_key=K` | a cluster member (below) |
 /// | `etcd://host:port[,host:port…]`, `etcds://…` | etcd over its v3 JSON API (HTTP / HTTPS) |
 /// | `antietcd://host:port[,host:port…]`, `antietcds://…` | an antietcd server (ours or Node's) |
 ///
@@ -210,6 +230,19 @@ fn percent_decode(s: &str) -> std::result::Result<String, String> {
 /// `timeout`, `connect_timeout`, `watch_reconnect_timeout` (how long a watch tries to resume where it was
 /// before it resynchronises from a fresh snapshot, default 60s), `username` and `password`, `ca`, `cert`
 /// and `key`. Unknown parameters and bad values are typed errors.
+///
+/// **Cluster members.** `embedded://?node_id=n1&cluster=n1=http://10.0.0.1:2379,n2=http://10.0.0.2:2379,
+/// n3=http://10.0.0.3:2379&cluster_key=secret` runs antietcd node `n1` of that cluster inside this
+/// process (with a path, durable as above): it listens on its own URL's port (`listen=ip:port` picks the
+/// interface; it is required when the node's URL names a host rather than an address, and must use the
+/// same port), connects to the other members, and takes part in the election of the cluster's leader.
+/// The store talks to this node first through the antietcd client and fails over to the other members;
+/// the node forwards writes to the leader. Also: `election_timeout`, `heartbeat_timeout`,
+/// `leadership_timeout` (with a unit: `500ms`, `5s`; antietcd's defaults 5s, 1s and their mean) and
+/// `stale_read` (default `false`: every member serves linearizable reads; `true`: followers answer reads
+/// from their own copy, which may be behind). Members talk plain HTTP. Closing or dropping the store
+/// shuts the node down. While no leader is known (the cluster starting, an election) calls fail with
+/// [`Error::NotReachable`] (transient): retry them. Needs the `etcd` feature (the client).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -223,61 +256,297 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     let u = StoreUrl::parse(url)?;
     let prefix = u.param("prefix").unwrap_or("").to_owned();
     match u.scheme {
-        Scheme::Embedded => {
-            u.check_params(
-                "embedded",
-                &["prefix", "compact_revisions", "watch_capacity", "listen", "persist_interval"],
-            )?;
-            let compact_revisions = u.number("compact_revisions", 1000, 0..=i64::MAX)?;
-            let watch_capacity = u.number("watch_capacity", 4096, 1..=1 << 24)?;
-            let data = (!u.path.is_empty() && u.path != "/").then(|| std::path::PathBuf::from(&u.path));
-            let listen = match u.param("listen") {
-                None => None,
-                Some(v) => Some(v.parse::<std::net::SocketAddr>().map_err(|_| Error::InvalidParameter {
-                    name: "listen".into(),
-                    value: v.into(),
-                    reason: "expected ip:port, such as 127.0.0.1:2379".into(),
-                })?),
-            };
-            let persist_interval = u.number("persist_interval", 0, 0..=u64::MAX)?;
-            if data.is_none() && listen.is_none() {
-                if u.param("persist_interval").is_some() {
-                    return Err(Error::InvalidParameter {
-                        name: "persist_interval".into(),
-                        value: persist_interval.to_string(),
-                        reason: "only meaningful with a data file (embedded:///path/to/file)".into(),
-                    });
-                }
-                let config = antietcd::Config::default()
-                    .with_compact_revisions(compact_revisions)
-                    .with_watch_capacity(watch_capacity);
-                return crate::backend::embedded::open(config, &prefix);
-            }
-            // A `.gz` file is antietcd's gzip-JSON format (compatibility, import/export); anything else is a
-            // directory holding a write-ahead log, whose cost per write does not grow with the store.
-            let (data, data_dir) = match data {
-                Some(p) if p.extension().is_some_and(|e| e == "gz") => (Some(p), None),
-                other => (None, other),
-            };
-            let config = antietcd::ServerConfig {
-                listen: listen.is_some(),
-                ip: listen.map(|a| a.ip()),
-                port: listen.map_or(0, |a| a.port()),
-                data,
-                data_dir,
-                persist_interval,
-                compact_revisions,
-                watch_capacity,
-                ..Default::default()
-            };
-            crate::backend::embedded::open_node(config, &prefix).await
-        }
+        Scheme::Embedded => open_embedded(&u, &prefix).await,
         #[cfg(feature = "etcd")]
         Scheme::Etcd | Scheme::Etcds | Scheme::Antietcd | Scheme::Antietcds => {
             open_remote(url, &u, &prefix).await
         }
         #[cfg(not(feature = "etcd"))]
         s => Err(Error::FeatureNotEnabled { scheme: s.as_str(), feature: "etcd" }),
+    }
+}
+
+/// The parameters of `embedded://` that only a cluster member takes.
+const CLUSTER_PARAMS: &[&str] =
+    &["node_id", "cluster_key", "election_timeout", "heartbeat_timeout", "leadership_timeout", "stale_read"];
+
+/// `embedded://`: an engine, a node (persistent or listening), or a cluster member.
+async fn open_embedded(u: &StoreUrl, prefix: &str) -> Result<Arc<dyn Store>> {
+    let mut known =
+        vec!["prefix", "compact_revisions", "watch_capacity", "listen", "persist_interval", "cluster"];
+    known.extend_from_slice(CLUSTER_PARAMS);
+    u.check_params("embedded", &known)?;
+    let compact_revisions = u.number("compact_revisions", 1000, 0..=i64::MAX)?;
+    let watch_capacity = u.number("watch_capacity", 4096, 1..=1 << 24)?;
+    let data = (!u.path.is_empty() && u.path != "/").then(|| std::path::PathBuf::from(&u.path));
+    let listen = match u.param("listen") {
+        None => None,
+        Some(v) => Some(v.parse::<std::net::SocketAddr>().map_err(|_| Error::InvalidParameter {
+            name: "listen".into(),
+            value: v.into(),
+            reason: "expected ip:port, such as 127.0.0.1:2379".into(),
+        })?),
+    };
+    let persist_interval = u.number("persist_interval", 0, 0..=u64::MAX)?;
+    let cluster = match u.param("cluster") {
+        Some(spec) => Some(ClusterMember::parse(u, spec, listen)?),
+        None => {
+            if let Some(name) = CLUSTER_PARAMS.iter().find(|n| u.param(n).is_some()) {
+                return Err(Error::InvalidParameter {
+                    name: (*name).into(),
+                    value: u.param(name).unwrap_or("").into(),
+                    reason: "only meaningful for a cluster member (with cluster=id=url,...)".into(),
+                });
+            }
+            None
+        }
+    };
+    if data.is_none() && listen.is_none() && cluster.is_none() {
+        if u.param("persist_interval").is_some() {
+            return Err(Error::InvalidParameter {
+                name: "persist_interval".into(),
+                value: persist_interval.to_string(),
+                reason: "only meaningful with a data file (embedded:///path/to/file)".into(),
+            });
+        }
+        let config = antietcd::Config::default()
+            .with_compact_revisions(compact_revisions)
+            .with_watch_capacity(watch_capacity);
+        return crate::backend::embedded::open(config, prefix);
+    }
+    // A `.gz` file is antietcd's gzip-JSON format (compatibility, import/export); anything else is a
+    // directory holding a write-ahead log, whose cost per write does not grow with the store.
+    let (data, data_dir) = match data {
+        Some(p) if p.extension().is_some_and(|e| e == "gz") => (Some(p), None),
+        other => (None, other),
+    };
+    let listen = cluster.as_ref().map(|c| c.listen).or(listen);
+    let config = antietcd::ServerConfig {
+        listen: listen.is_some(),
+        ip: listen.map(|a| a.ip()),
+        port: listen.map_or(0, |a| a.port()),
+        data,
+        data_dir,
+        persist_interval,
+        compact_revisions,
+        watch_capacity,
+        ..Default::default()
+    };
+    match cluster {
+        None => crate::backend::embedded::open_node(config, prefix).await,
+        Some(member) => {
+            let config = member.server_config(config)?;
+            open_member(config, member.endpoints, prefix).await
+        }
+    }
+}
+
+/// Starts a cluster member's node and its store.
+#[cfg(feature = "etcd")]
+async fn open_member(
+    config: antietcd::ServerConfig,
+    endpoints: Vec<String>,
+    prefix: &str,
+) -> Result<Arc<dyn Store>> {
+    crate::backend::embedded::open_member(config, endpoints, prefix).await
+}
+
+/// A member serves the store through the antietcd client, which the `etcd` feature brings.
+#[cfg(not(feature = "etcd"))]
+async fn open_member(_: antietcd::ServerConfig, _: Vec<String>, _: &str) -> Result<Arc<dyn Store>> {
+    Err(Error::FeatureNotEnabled { scheme: "embedded", feature: "etcd" })
+}
+
+/// The cluster parameters of `embedded://…?cluster=…`, checked.
+#[derive(Debug)]
+struct ClusterMember {
+    /// `cluster` as given: `id=url,id=url,...`.
+    spec: String,
+    node_id: String,
+    key: String,
+    /// Where this node listens (its own URL's port).
+    listen: std::net::SocketAddr,
+    /// `http://host:port` of every member, this node's first: the store's client tries them in order.
+    endpoints: Vec<String>,
+    /// TinyRaft timeouts in milliseconds (`None`: antietcd's default).
+    election: Option<u64>,
+    heartbeat: Option<u64>,
+    leadership: Option<u64>,
+    stale_read: bool,
+}
+
+impl ClusterMember {
+    fn parse(u: &StoreUrl, spec: &str, listen: Option<std::net::SocketAddr>) -> Result<ClusterMember> {
+        let invalid = |name: &str, value: &str, reason: String| Error::InvalidParameter {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            reason,
+        };
+        let nodes = antietcd::cluster::parse_cluster(spec).map_err(|e| {
+            use antietcd::ClusterConfigError as E;
+            let reason = match e {
+                E::BadEntry(entry) => format!("entry {entry:?} is not id=url"),
+                E::Duplicate(id) => format!("node {id:?} is listed twice"),
+                E::BadUrl { node, url } => {
+                    format!("the URL {url:?} of node {node:?} is not http://host:port")
+                }
+                other => other.to_string(),
+            };
+            invalid("cluster", spec, reason)
+        })?;
+        if nodes.is_empty() {
+            return Err(invalid(
+                "cluster",
+                spec,
+                "expected id=http://host:port,... listing every node".into(),
+            ));
+        }
+        // Every member's client address: `http://host:port`, nothing else.
+        let mut addrs = std::collections::BTreeMap::new();
+        for (id, url) in &nodes {
+            let lower = url.to_ascii_lowercase();
+            let rest = match ["http://", "ws://"].iter().find(|s| lower.starts_with(*s)) {
+                Some(scheme) => &url[scheme.len()..],
+                None => {
+                    return Err(invalid(
+                        "cluster",
+                        spec,
+                        format!(
+                        "the URL {url:?} of node {id:?}: embedded members speak plain http:// (no TLS yet)"
+                    ),
+                    ))
+                }
+            };
+            let rest = rest.strip_suffix('/').unwrap_or(rest);
+            let port =
+                rest.rsplit_once(':').and_then(|(h, p)| (!h.is_empty() && !h.contains('/')).then_some(p));
+            match port.and_then(|p| p.parse::<u16>().ok()) {
+                Some(p) if p != 0 => {}
+                _ => {
+                    return Err(invalid(
+                        "cluster",
+                        spec,
+                        format!(
+                        "the URL {url:?} of node {id:?} should be http://host:port (a fixed port, no path)"
+                    ),
+                    ))
+                }
+            }
+            addrs.insert(id.clone(), rest.to_owned());
+        }
+        let node_id = match u.param("node_id") {
+            None | Some("") => {
+                return Err(invalid(
+                    "node_id",
+                    "",
+                    "a cluster member needs node_id=<its id in cluster>".into(),
+                ))
+            }
+            Some(id) => id.to_owned(),
+        };
+        let Some(own) = addrs.get(&node_id).cloned() else {
+            let ids: Vec<&str> = addrs.keys().map(String::as_str).collect();
+            return Err(invalid(
+                "node_id",
+                &node_id,
+                format!(
+                    "not listed in cluster (which names {}); list every node, this one included",
+                    ids.join(", ")
+                ),
+            ));
+        };
+        let key = match u.param("cluster_key") {
+            None | Some("") => {
+                return Err(invalid(
+                    "cluster_key",
+                    "",
+                    "a cluster member needs cluster_key=<shared secret>".into(),
+                ))
+            }
+            Some(k) => k.to_owned(),
+        };
+        // The node listens where the others reach it: its own URL's port.
+        let (own_host, own_port) = own.rsplit_once(':').unwrap_or((own.as_str(), ""));
+        let own_ip = own_host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok();
+        let own_port: u16 = own_port.parse().unwrap_or(0);
+        let listen = match (listen, own_ip) {
+            (Some(l), _) if l.port() != own_port => {
+                return Err(invalid(
+                    "listen",
+                    &l.to_string(),
+                    format!("node {node_id} is reached at {own} (in cluster): listen on port {own_port}"),
+                ))
+            }
+            (Some(l), Some(ip)) if !l.ip().is_unspecified() && l.ip() != ip => {
+                return Err(invalid(
+                    "listen",
+                    &l.to_string(),
+                    format!(
+                        "node {node_id} is reached at {own} (in cluster): listen on {ip} or every interface"
+                    ),
+                ))
+            }
+            (Some(l), _) => l,
+            (None, Some(ip)) => std::net::SocketAddr::new(ip, own_port),
+            (None, None) => {
+                return Err(invalid(
+                    "listen",
+                    "",
+                    format!("node {node_id} is reached at {own}, a host name: give listen=ip:{own_port}"),
+                ))
+            }
+        };
+        let mut endpoints = vec![format!("http://{own}")];
+        endpoints.extend(addrs.iter().filter(|(id, _)| **id != node_id).map(|(_, a)| format!("http://{a}")));
+        let stale_read = match u.param("stale_read") {
+            None => false,
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(invalid("stale_read", v, "expected true or false (1 or 0)".into())),
+            },
+        };
+        Ok(ClusterMember {
+            spec: spec.to_owned(),
+            node_id,
+            key,
+            listen,
+            endpoints,
+            election: u.millis("election_timeout")?,
+            heartbeat: u.millis("heartbeat_timeout")?,
+            leadership: u.millis("leadership_timeout")?,
+            stale_read,
+        })
+    }
+
+    /// `config` with this member's cluster options, checked as the node will check them.
+    fn server_config(&self, config: antietcd::ServerConfig) -> Result<antietcd::ServerConfig> {
+        let defaults = antietcd::ServerConfig::default();
+        let config = antietcd::ServerConfig {
+            cluster: Some(self.spec.clone()),
+            node_id: Some(self.node_id.clone()),
+            cluster_key: Some(self.key.clone()),
+            election_timeout: self.election.unwrap_or(defaults.election_timeout),
+            heartbeat_timeout: self.heartbeat.unwrap_or(defaults.heartbeat_timeout),
+            leadership_timeout: self.leadership,
+            stale_read: self.stale_read,
+            ..config
+        };
+        if let Err(e) = antietcd::ClusterConfig::from_server(&config) {
+            let ms = |v: Option<u64>| v.map_or_else(|| "default".to_owned(), |v| format!("{v}ms"));
+            let value = format!(
+                "election_timeout={} heartbeat_timeout={} leadership_timeout={}",
+                ms(self.election),
+                ms(self.heartbeat),
+                ms(self.leadership)
+            );
+            return Err(Error::InvalidParameter {
+                name: "election_timeout".into(),
+                value,
+                reason: format!("{e} (defaults: election 5s, heartbeat 1s, leadership their mean)"),
+            });
+        }
+        Ok(config)
     }
 }
 
@@ -486,5 +755,52 @@ mod tests {
         }
         let store = open("embedded://?prefix=/x&compact_revisions=10&watch_capacity=8").await.unwrap();
         assert_eq!(store.backend(), "embedded");
+    }
+
+    /// A cluster member's parameters: each mistake is an error naming the parameter, found before anything
+    /// is started.
+    #[tokio::test]
+    async fn cluster_member_errors() {
+        let three = "n1=http://127.0.0.1:7001,n2=http://127.0.0.1:7002,n3=http://127.0.0.1:7003";
+        let ok = format!("node_id=n1&cluster={three}&cluster_key=k");
+        let cases: Vec<(String, &str)> = vec![
+            (format!("cluster={three}&cluster_key=k"), "node_id"),
+            (format!("node_id=&cluster={three}&cluster_key=k"), "node_id"),
+            (format!("node_id=n9&cluster={three}&cluster_key=k"), "node_id"),
+            (format!("node_id=n1&cluster={three}"), "cluster_key"),
+            (format!("node_id=n1&cluster={three}&cluster_key="), "cluster_key"),
+            (format!("{ok}&listen=127.0.0.1:7002"), "listen"),
+            (format!("{ok}&listen=127.0.0.2:7001"), "listen"),
+            ("node_id=n1&cluster=n1=http://db1:7001&cluster_key=k".into(), "listen"),
+            ("node_id=n1&cluster=n1=https://127.0.0.1:7001&cluster_key=k".into(), "cluster"),
+            ("node_id=n1&cluster=n1=http://127.0.0.1:7001/x&cluster_key=k".into(), "cluster"),
+            ("node_id=n1&cluster=n1=http://127.0.0.1:0&cluster_key=k".into(), "cluster"),
+            ("node_id=n1&cluster=n1=http://127.0.0.1&cluster_key=k".into(), "cluster"),
+            ("node_id=n1&cluster=n1&cluster_key=k".into(), "cluster"),
+            ("node_id=n1&cluster=n1=http://a:1,n1=http://b:2&cluster_key=k".into(), "cluster"),
+            ("node_id=n1&cluster=&cluster_key=k".into(), "cluster"),
+            (format!("{ok}&election_timeout=5000"), "election_timeout"),
+            (format!("{ok}&heartbeat_timeout=0ms"), "heartbeat_timeout"),
+            (format!("{ok}&election_timeout=500ms"), "election_timeout"),
+            (
+                format!("{ok}&election_timeout=2s&heartbeat_timeout=200ms&leadership_timeout=3s"),
+                "election_timeout",
+            ),
+            (format!("{ok}&stale_read=maybe"), "stale_read"),
+            ("node_id=n1".into(), "node_id"),
+            ("cluster_key=k".into(), "cluster_key"),
+            ("stale_read=1".into(), "stale_read"),
+        ];
+        for (query, param) in cases {
+            let url = format!("embedded://?{query}");
+            match open(&url).await {
+                Err(Error::InvalidParameter { name, .. }) if name == param => {}
+                other => panic!("{url}: expected InvalidParameter {{ name: {param:?} }}, got {other:?}"),
+            }
+        }
+        let e = open(&format!("embedded://?{ok}&peer_ca=x")).await.expect_err("unknown parameter");
+        assert!(matches!(e, Error::UnknownParameter { ref name, .. } if name == "peer_ca"), "{e:?}");
+        #[cfg(not(feature = "etcd"))]
+        assert!(matches!(open(&format!("embedded://?{ok}")).await, Err(Error::FeatureNotEnabled { .. })));
     }
 }

@@ -233,3 +233,83 @@ impl Backend for Embedded {
         }
     }
 }
+
+/// A cluster member: an antietcd node of a cluster running inside the application, and the store served
+/// through the antietcd client, which talks to this node first and fails over to the other members. The
+/// node forwards writes to the leader; reads follow `stale_read`. Closing (or dropping) the store shuts
+/// the node down.
+#[cfg(feature = "etcd")]
+#[derive(Debug)]
+pub(crate) struct Member {
+    remote: super::remote::Remote,
+    node: tokio::sync::Mutex<Option<Node>>,
+}
+
+/// Starts a cluster node with `config` (its listener included) and a store over it: `endpoints` are the
+/// members' client addresses, this node's first.
+#[cfg(feature = "etcd")]
+pub(crate) async fn open_member(
+    config: ServerConfig,
+    endpoints: Vec<String>,
+    prefix: &str,
+) -> Result<Arc<dyn Store>> {
+    let node = Node::start(config).await.map_err(node_err)?;
+    // The nodes answer 503 while no leader is known: the client then tries the next member.
+    let options = etcd_json::ClientOptions::new();
+    let client = match etcd_json::Client::connect(endpoints, options).await {
+        Ok(client) => client,
+        Err(e) => {
+            if let Err(e) = node.shutdown().await {
+                tracing::error!(error = %e, "embedded node did not shut down cleanly");
+            }
+            return Err(super::remote::map_err(NAME, e));
+        }
+    };
+    let remote = super::remote::Remote::new(client, NAME, std::time::Duration::from_secs(60));
+    let member = Member { remote, node: tokio::sync::Mutex::new(Some(node)) };
+    Ok(Arc::new(Client::new(member, prefix)))
+}
+
+#[cfg(feature = "etcd")]
+#[async_trait]
+impl Backend for Member {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn get(&self, key: Bytes, consistent: bool) -> Result<(i64, Option<RawKv>)> {
+        self.remote.get(key, consistent).await
+    }
+
+    async fn put(&self, key: Bytes, value: Bytes, lease: Option<LeaseId>) -> Result<i64> {
+        self.remote.put(key, value, lease).await
+    }
+
+    async fn txn(&self, cmp: Vec<Cmp>, success: Vec<Op>, failure: Vec<Op>) -> Result<TxnResult> {
+        self.remote.txn(cmp, success, failure).await
+    }
+
+    async fn grant(&self, ttl: i64) -> Result<LeaseId> {
+        self.remote.grant(ttl).await
+    }
+
+    async fn keep_alive(&self, id: LeaseId) -> Result<()> {
+        self.remote.keep_alive(id).await
+    }
+
+    async fn revoke(&self, id: LeaseId) -> Result<()> {
+        self.remote.revoke(id).await
+    }
+
+    async fn watch(&self, r: Range, start_revision: i64) -> Result<RawWatch> {
+        self.remote.watch(r, start_revision).await
+    }
+
+    async fn close(&self) {
+        self.remote.close().await;
+        let Some(node) = self.node.lock().await.take() else { return };
+        if let Err(e) = node.shutdown().await {
+            tracing::error!(error = %e, "embedded cluster node did not shut down cleanly");
+        }
+    }
+}
