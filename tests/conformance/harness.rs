@@ -175,3 +175,130 @@ impl Harness for OurServer {
         Caps::FULL
     }
 }
+
+/// Three of our `antietcd` binaries forming a cluster on loopback (`--stale_read 0`: linearizable reads on
+/// every node), reached through `antietcd://n1,n2,n3`; the processes are killed when the harness drops.
+#[cfg(feature = "etcd")]
+pub struct AntietcdCluster {
+    base: String,
+    children: Vec<std::process::Child>,
+}
+
+#[cfg(feature = "etcd")]
+impl AntietcdCluster {
+    /// The `antietcd` binary: `$ANTIETCD_BIN`, else the one cargo built next to this test binary
+    /// (`cargo test --workspace` builds it; alone: `cargo build -p antietcd --bin antietcd`).
+    fn binary() -> std::path::PathBuf {
+        if let Some(bin) = std::env::var_os("ANTIETCD_BIN") {
+            return bin.into();
+        }
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/conformance-<hash> → target/<profile>/antietcd
+        let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join("antietcd");
+        assert!(
+            bin.is_file(),
+            "our antietcd binary is missing ({} not found): build it with `cargo build -p antietcd --bin \
+             antietcd` (cargo test --workspace does), or set ANTIETCD_BIN",
+            bin.display()
+        );
+        bin
+    }
+
+    pub async fn start() -> Arc<dyn Harness> {
+        let ports: Vec<u16> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+            .collect();
+        let cluster: Vec<String> =
+            ports.iter().enumerate().map(|(i, p)| format!("n{}=http://127.0.0.1:{p}", i + 1)).collect();
+        let cluster = cluster.join(",");
+        let bin = Self::binary();
+        let mut children = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let child = std::process::Command::new(&bin)
+                .args(["--ip", "127.0.0.1", "--port", &port.to_string(), "--node_id", &format!("n{}", i + 1)])
+                .args(["--cluster", &cluster, "--cluster_key", "conformance", "--stale_read", "0"])
+                .args([
+                    "--election_timeout",
+                    "1000",
+                    "--heartbeat_timeout",
+                    "200",
+                    "--leadership_timeout",
+                    "600",
+                ])
+                .args(["--reconnect_interval", "100"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+            children.push(child);
+        }
+        let harness = AntietcdCluster {
+            base: format!(
+                "antietcd://{}",
+                ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+            ),
+            children,
+        };
+        // Ready once every node names the same leader and that leader counts all three as followers.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let mut statuses = Vec::new();
+            for port in &ports {
+                statuses.push(status(*port).await.unwrap_or_default());
+            }
+            let leader = statuses.iter().position(|s| s.contains(r#""raftState":"leader""#));
+            if let Some(l) = leader {
+                let named = format!(r#""leader":"n{}""#, l + 1);
+                let all = statuses[l].contains(r#""followers":["n1","n2","n3"]"#);
+                if all && statuses.iter().all(|s| s.contains(&named)) {
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the antietcd cluster elected no leader: {statuses:#?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Arc::new(harness)
+    }
+}
+
+/// `/v3/maintenance/status` of the server on loopback `port` as text, if it answers 200.
+#[cfg(feature = "etcd")]
+async fn status(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+    let mut s = tokio::time::timeout(std::time::Duration::from_secs(1), connect).await.ok()?.ok()?;
+    let req = "POST /v3/maintenance/status HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+               Content-Length: 2\r\n\r\n{}";
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut reply = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(2), s.read_to_string(&mut reply)).await.ok()?.ok()?;
+    reply.contains(" 200 ").then_some(reply)
+}
+
+#[cfg(feature = "etcd")]
+impl Drop for AntietcdCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(feature = "etcd")]
+#[async_trait]
+impl Harness for AntietcdCluster {
+    async fn connect(&self, prefix: &str) -> Arc<dyn Store> {
+        let url =
+            if prefix.is_empty() { self.base.clone() } else { format!("{}?prefix={prefix}", self.base) };
+        valkeyrie::open(&url).await.unwrap_or_else(|e| panic!("open {url}: {e}"))
+    }
+
+    fn caps(&self) -> Caps {
+        Caps::FULL
+    }
+}

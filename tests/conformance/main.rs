@@ -48,3 +48,6 @@ conformance!(node_antietcd, false, Remote::node_antietcd());
 // Our antietcd server over HTTP and websockets, in-process on a port-0 listener.
 #[cfg(feature = "etcd")]
 conformance!(antietcd_server, false, OurServer::start().await);
+// Three of our antietcd binaries as a cluster (`--stale_read 0`), one per test, via `antietcd://n1,n2,n3`.
+#[cfg(feature = "etcd")]
+conformance!(antietcd_cluster, false, AntietcdCluster::start().await);
