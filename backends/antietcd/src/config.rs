@@ -49,7 +49,7 @@ pub struct ServerConfig {
     /// CA certificate(s) for client certificates (PEM file path or inline PEM).
     #[arg(long)]
     pub ca: Option<String>,
-    /// Require client certificates signed by `--ca`.
+    /// Require client certificates signed by `--ca` (or `--peer_ca`).
     #[arg(long, visible_alias = "client-cert-auth", num_args = 0..=1, default_missing_value = "1",
           value_parser = parse_bool, default_value = "0")]
     pub client_cert_auth: bool,
@@ -100,6 +100,20 @@ pub struct ServerConfig {
     /// The cluster's shared secret, sent in `identify` to every peer (required with `--cluster`).
     #[arg(long, visible_alias = "cluster-key")]
     pub cluster_key: Option<String>,
+    /// CA certificate(s) identifying legitimate cluster peers (PEM file path or inline PEM): an incoming
+    /// peer's `identify` is honoured only if the client certificate it presented on that connection chains
+    /// to it; dialed peers' server certificates must chain to it too. The listener then requests a client
+    /// certificate from every client (required only with `--client_cert_auth`). Needs `--cert`, `--key`,
+    /// `--cluster` and `https://` URLs for every node.
+    #[arg(long, visible_alias = "peer-ca")]
+    pub peer_ca: Option<String>,
+    /// The client certificate this node presents when dialing peers (PEM file path or inline PEM; default:
+    /// `--cert`). Needs `--peer_key` and `--cluster`.
+    #[arg(long, visible_alias = "peer-cert")]
+    pub peer_cert: Option<String>,
+    /// The private key of `--peer_cert` (default: `--key`).
+    #[arg(long, visible_alias = "peer-key")]
+    pub peer_key: Option<String>,
     /// TinyRaft election timeout in milliseconds.
     #[arg(long, visible_alias = "election-timeout", default_value_t = 5000)]
     pub election_timeout: u64,
@@ -172,6 +186,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("cluster", &self.cluster)
             .field("node_id", &self.node_id)
             .field("cluster_key", &self.cluster_key.as_ref().map(|_| "<secret>"))
+            .field("peer_ca", &self.peer_ca.is_some())
+            .field("peer_cert", &self.peer_cert.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -203,6 +219,9 @@ impl Default for ServerConfig {
             cluster: None,
             node_id: None,
             cluster_key: None,
+            peer_ca: None,
+            peer_cert: None,
+            peer_key: None,
             election_timeout: 5000,
             heartbeat_timeout: 1000,
             leadership_timeout: None,
@@ -272,6 +291,21 @@ impl ServerConfig {
         }
         if self.client_cert_auth && self.cert.is_none() {
             return Err(ConfigError::Tls("--client_cert_auth needs --cert and --key"));
+        }
+        match (&self.peer_cert, &self.peer_key) {
+            (Some(_), None) => return Err(ConfigError::Tls("--peer_cert needs --peer_key")),
+            (None, Some(_)) => return Err(ConfigError::Tls("--peer_key needs --peer_cert")),
+            _ => {}
+        }
+        if (self.peer_ca.is_some() || self.peer_cert.is_some()) && self.cluster.is_none() {
+            return Err(ConfigError::Tls(
+                "--peer_ca, --peer_cert and --peer_key are cluster options: they need --cluster",
+            ));
+        }
+        if self.peer_ca.is_some() && self.cert.is_none() {
+            return Err(ConfigError::Tls(
+                "--peer_ca needs --cert and --key: peers present their client certificates to this node's HTTPS listener",
+            ));
         }
         if self.data.is_some() && self.data_dir.is_some() {
             return Err(ConfigError::Invalid {

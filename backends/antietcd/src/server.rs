@@ -204,12 +204,7 @@ impl Node {
 
     async fn build(config: ServerConfig, listener: Option<TcpListener>) -> Result<Node, ServerError> {
         let logs = config.parsed_logs()?;
-        let tls = match (&config.cert, &config.key) {
-            (Some(cert), Some(key)) => {
-                Some(crate::tls::server_config(cert, key, config.ca.as_deref(), config.client_cert_auth)?)
-            }
-            _ => None,
-        };
+        let tls = crate::tls::node_server_config(&config)?;
         let (engine, durable) = match &config.data_dir {
             Some(dir) => {
                 let options = crate::durable::DurableOptions::default();
@@ -429,6 +424,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc
                         _ = shared.stopping.cancelled() => Ok(Err(std::io::Error::other("stopping"))),
                     };
                     if let Ok(Ok(tls)) = tls {
+                        // The client's certificates reach the websocket upgrade (cluster `identify`, --peer_ca).
+                        let router = match crate::tls::ClientCertificates::of(tls.get_ref().1) {
+                            Some(certs) => router.layer(axum::Extension(certs)),
+                            None => router,
+                        };
                         serve_connection(tls, router, &shared).await;
                     }
                 }

@@ -34,6 +34,7 @@ type WatchStream = BoxStream<'static, Result<WatchBatch, WatchError>>;
 
 /// Accepts the upgrade (if the connection limit allows) and starts the socket's task.
 pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request) -> Response {
+    let client_certificates = req.extensions().get::<crate::tls::ClientCertificates>().cloned();
     let ws = match crate::http::ws_extract(req).await {
         Ok(ws) => ws,
         Err(r) => return r,
@@ -49,7 +50,9 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request) -> Response {
             let _permit = permit;
             let _token = token;
             shared.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
-            Session::new(shared.clone()).run(socket).await;
+            let mut session = Session::new(shared.clone());
+            session.peer = session.peer.take().map(|p| p.with_client_certificates(client_certificates));
+            session.run(socket).await;
             shared.metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
         },
     )

@@ -1,7 +1,9 @@
 //! The cluster options of antietcd (`--cluster id=url,...`, `--node_id`, `--cluster_key`, the TinyRaft
-//! timeouts and the peer request timeouts), parsed and checked once at start into a [`ClusterConfig`].
+//! timeouts, the peer request timeouts and the peer TLS options `--peer_ca`, `--peer_cert`, `--peer_key`),
+//! parsed and checked once at start into a [`ClusterConfig`].
 
 use crate::config::ServerConfig;
+use crate::tls::PeerTls;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +36,19 @@ pub enum ClusterConfigError {
     /// `--node_id` is not a key of `--cluster` (antietcd's `--cluster` lists every node, this one included).
     #[error("--node_id {0:?} is not listed in --cluster (list every node, this one included)")]
     NotListed(String),
+    /// `--peer_ca` is set but a node's URL is plain `http://` (or `ws://`): peers must connect over TLS to
+    /// present their certificates.
+    #[error("--peer_ca is set but the URL {url:?} of node {node:?} is not https:// (or wss://): with --peer_ca every node must be reached over TLS")]
+    PlainUrlWithPeerCa {
+        /// The node.
+        node: String,
+        /// Its URL.
+        url: String,
+    },
+    /// The peer TLS material (`--peer_ca`, `--peer_cert`, `--peer_key`, or `--ca`, `--cert`, `--key` used for
+    /// the peer links) cannot be used.
+    #[error("peer links: {0}")]
+    Tls(String),
     /// A timeout of 0 where a delay is needed.
     #[error("--{0} must be at least 1 ms")]
     ZeroTimeout(&'static str),
@@ -78,6 +93,9 @@ pub struct ClusterConfig {
     pub stale_read: bool,
     /// Where the TinyRaft term is persisted (`<data_dir>/raft_term` or `<data>.raft_term`); `None`: memory.
     pub term_file: Option<PathBuf>,
+    /// The TLS of the peer links: what the dialer trusts and presents, and the `--peer_ca` check of
+    /// incoming `identify` messages.
+    pub tls: PeerTls,
 }
 
 fn ms(value: u64, name: &'static str) -> Result<Duration, ClusterConfigError> {
@@ -133,6 +151,14 @@ impl ClusterConfig {
         if !nodes.contains_key(&node_id) {
             return Err(ClusterConfigError::NotListed(node_id));
         }
+        if config.peer_ca.is_some() {
+            let plain =
+                nodes.iter().find(|(_, url)| !peer_ws_url(url).is_some_and(|u| u.starts_with("wss://")));
+            if let Some((node, url)) = plain {
+                return Err(ClusterConfigError::PlainUrlWithPeerCa { node: node.clone(), url: url.clone() });
+            }
+        }
+        let tls = PeerTls::from_server(config).map_err(|e| ClusterConfigError::Tls(e.0))?;
         let election = ms(config.election_timeout, "election_timeout")?;
         let heartbeat = ms(config.heartbeat_timeout, "heartbeat_timeout")?;
         let leadership = match config.leadership_timeout {
@@ -172,6 +198,7 @@ impl ClusterConfig {
             timeouts,
             stale_read: config.stale_read,
             term_file,
+            tls,
         }))
     }
 

@@ -3,8 +3,10 @@
 //! An incoming socket starts unidentified: every peer message on it is refused with an `error` reply and
 //! has no effect (antietcd 1.3.1 executes forwarded requests and `check_leader` from anyone; we do not).
 //! `{"identify":{"key","node_id"}}` with this cluster's key and another member's id makes the socket that
-//! peer's; a wrong key gets `{"reply":{"error":"peer authentication error"}}`. Our own outgoing sockets are
-//! identified from the start (we dialed that peer's URL).
+//! peer's; a wrong key gets `{"reply":{"error":"peer authentication error"}}`. With `--peer_ca`, `identify`
+//! also needs the client certificate the peer presented on this TLS connection to chain to peer_ca
+//! ([`crate::tls::PeerCa::admits`]), else the same error. Our own outgoing sockets are identified from the
+//! start (we dialed that peer's URL and checked its server certificate).
 //!
 //! Dispatch order is antietcd's: `raft`, `identify`, `dump`, `load`, `replicate`, `handler` (a forwarded
 //! request), `reply`, `compact`, `unlock`, `check_leader`. Requests may be answered later: their replies go
@@ -25,6 +27,8 @@ pub(crate) struct Inbound {
     /// Replies produced asynchronously (by request handlers of the replication slice).
     replies_tx: mpsc::Sender<String>,
     replies_rx: mpsc::Receiver<String>,
+    /// The certificates the client presented on this connection's TLS handshake (for `--peer_ca`).
+    client_certificates: Option<crate::tls::ClientCertificates>,
 }
 
 /// The next asynchronous reply for the socket, if it has a peer side; pending forever otherwise.
@@ -66,7 +70,17 @@ impl Inbound {
     /// An incoming socket: unidentified until a valid `identify`.
     pub(crate) fn new(cluster: Arc<Cluster>) -> Inbound {
         let (replies_tx, replies_rx) = mpsc::channel(64);
-        Inbound { cluster, peer: None, replies_tx, replies_rx }
+        Inbound { cluster, peer: None, replies_tx, replies_rx, client_certificates: None }
+    }
+
+    /// Sets the certificates the client presented on this connection's TLS handshake, checked against
+    /// `--peer_ca` when it sends `identify`.
+    pub(crate) fn with_client_certificates(
+        mut self,
+        certs: Option<crate::tls::ClientCertificates>,
+    ) -> Inbound {
+        self.client_certificates = certs;
+        self
     }
 
     /// Our outgoing socket to `peer`: identified from the start.
@@ -143,6 +157,15 @@ impl Inbound {
         let key = body.and_then(|b| b.get("key")).and_then(Value::as_str);
         let node_id = body.and_then(|b| b.get("node_id")).and_then(Value::as_str);
         let config = &self.cluster.config;
+        if let Some(peer_ca) = &config.tls.peer_ca {
+            let chain = self.client_certificates.as_ref().map(|c| &c.0[..]).unwrap_or_default();
+            if !peer_ca.admits(chain) {
+                tracing::warn!(target: "antietcd::cluster",
+                    "identify refused (node_id {node_id:?}): {} does not chain to --peer_ca",
+                    if chain.is_empty() { "no client certificate, which" } else { "the client certificate" });
+                return vec![error_reply(None, "peer authentication error")];
+            }
+        }
         let key_ok = key.is_some_and(|k| constant_time_eq(k.as_bytes(), config.key.as_bytes()));
         match node_id {
             Some(id) if key_ok && id != config.node_id && config.nodes.contains_key(id) => {

@@ -2,6 +2,11 @@
 //! link (the only way this node sends to that peer), and redials `reconnect_interval` after the socket
 //! closes. Replies arriving on the link complete the requests sent on it; anything else from the peer
 //! (raft, requests) goes through the same dispatcher as an identified incoming socket.
+//!
+//! `wss://` peers are dialed with the cluster's peer TLS ([`crate::tls::PeerTls`]): their server
+//! certificate must chain to `--peer_ca` (else `--ca`, else the web roots) and match the URL's host, and
+//! this node presents `--peer_cert` (else `--cert`) as its client certificate, which the peer checks
+//! against its own `--peer_ca` when it receives `identify`.
 
 use super::{Cluster, Event, Inbound};
 use crate::keepalive::{Due, Keepalive};
@@ -97,20 +102,36 @@ pub(crate) async fn dial_loop(
     stopping: CancellationToken,
 ) {
     let reconnect = cluster.config.reconnect_interval;
+    // The last dial error, logged at warn level when it changes (a TLS misconfiguration is worth seeing
+    // once, not every reconnect_interval).
+    let mut last_error = String::new();
     loop {
-        let dial = tokio::time::timeout(DIAL_TIMEOUT, tokio_tungstenite::connect_async(url.as_str()));
+        let connector = tokio_tungstenite::Connector::Rustls(cluster.config.tls.connector.clone());
+        let dial = tokio::time::timeout(
+            DIAL_TIMEOUT,
+            tokio_tungstenite::connect_async_tls_with_config(url.as_str(), None, true, Some(connector)),
+        );
         let dialed = tokio::select! {
             d = dial => d,
             _ = stopping.cancelled() => return,
         };
         match dialed {
             Ok(Ok((socket, _response))) => {
+                last_error.clear();
                 tracing::info!(target: "antietcd::cluster", "connected to {peer} at {url}");
                 run_link(&cluster, &peer, socket, keepalive, &stopping).await;
                 tracing::info!(target: "antietcd::cluster", "connection to {peer} closed");
                 cluster.notify(Event::Disconnected(peer.clone()));
             }
-            Ok(Err(e)) => tracing::debug!(target: "antietcd::cluster", "dialing {peer} at {url}: {e}"),
+            Ok(Err(e)) => {
+                let error = e.to_string();
+                if error != last_error {
+                    tracing::warn!(target: "antietcd::cluster", "dialing {peer} at {url}: {error}");
+                } else {
+                    tracing::debug!(target: "antietcd::cluster", "dialing {peer} at {url}: {error}");
+                }
+                last_error = error;
+            }
             Err(_) => tracing::debug!(target: "antietcd::cluster", "dialing {peer} at {url}: timeout"),
         }
         tokio::select! {
