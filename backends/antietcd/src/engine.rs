@@ -164,6 +164,13 @@ pub(crate) struct State {
     /// Committed batches with `revision >= compact_revision`, oldest first.
     history: VecDeque<Arc<WatchBatch>>,
     pub(crate) hub: Hub,
+    /// Cluster mode: committed-here-but-not-yet-replicated batches are held back from watchers (and from
+    /// the history) until [`Engine::release`] says the cluster committed them.
+    hold: bool,
+    /// The held batches, oldest first (consecutive revisions ending at `revision`).
+    held: VecDeque<Arc<WatchBatch>>,
+    /// Cluster mode: leases expire only when the leader revokes them (see [`Engine::expired_leases`]).
+    expiry_paused: bool,
     closed: bool,
     /// Where changes are logged before they are applied, if anywhere.
     journal: Option<Arc<dyn Journal>>,
@@ -386,14 +393,16 @@ impl Engine {
         if start > 0 && start < st.compact_revision {
             return Err(Error::Compacted { requested: start, compact_revision: st.compact_revision });
         }
-        let replay: VecDeque<Arc<WatchBatch>> = if start > 0 && start <= st.revision {
+        let visible = st.visible_revision();
+        let replay: VecDeque<Arc<WatchBatch>> = if start > 0 && start <= visible {
             // History is ordered by revision: skip what is older than `start`.
             let skip = st.history.partition_point(|b| b.revision < start);
             st.history.iter().skip(skip).filter(|b| touches(&req.range, b)).cloned().collect()
         } else {
             VecDeque::new()
         };
-        let revision = st.revision;
+        // Batches held back for the cluster are delivered live when released, after this revision.
+        let revision = visible;
         let capacity = self.inner.config.watch_capacity;
         Ok(st.hub.register(req, revision, replay, capacity, Arc::downgrade(&self.inner)))
     }
@@ -438,6 +447,11 @@ impl Engine {
         st.compact_revision = max_rev + 1;
         st.history.clear();
         Ok(())
+    }
+
+    /// The journal changes are logged to, if any.
+    pub(crate) fn journal(&self) -> Option<Arc<dyn Journal>> {
+        self.state().journal.clone()
     }
 
     /// Logs every later change to `journal` (or stops logging, with `None`).
@@ -581,10 +595,323 @@ impl Engine {
     }
 }
 
+/// A change a follower receives from its cluster leader (antietcd's `replicate` payload, spec section
+/// 3.10), applied with [`Engine::apply_replicated`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ReplicatedChange {
+    /// The leader's revision after the change.
+    pub(crate) revision: Revision,
+    /// Lease grants and renewals (with their TTL) and revocations (`None`), applied first.
+    pub(crate) leases: Vec<(LeaseId, Option<i64>)>,
+    /// Key changes in order.
+    pub(crate) events: Vec<ReplicatedEvent>,
+}
+
+/// One key change of a [`ReplicatedChange`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ReplicatedEvent {
+    pub(crate) key: Bytes,
+    /// The new value; `None` deletes the key.
+    pub(crate) value: Option<Bytes>,
+    pub(crate) lease: Option<LeaseId>,
+    /// Sent by our leaders, so followers keep the exact counters; antietcd sends only the value, and the
+    /// follower derives them.
+    pub(crate) create_revision: Option<Revision>,
+    pub(crate) version: Option<i64>,
+}
+
+/// Replication support: what the cluster runtime ([`crate::cluster`]) needs from the state machine.
+///
+/// In a cluster, a change is applied on the leader (and on followers) before the cluster has committed
+/// it. So that nobody sees an uncommitted change, the engine *holds* batches back from watchers and the
+/// history until [`Engine::release`]; readers are kept out by the cluster's read gate. Leases never expire
+/// by themselves there: the leader revokes them through replication.
+impl Engine {
+    /// Turns holding on or off (off releases everything held).
+    pub(crate) fn set_hold(&self, hold: bool) {
+        let mut st = self.state();
+        st.hold = hold;
+        if !hold {
+            let st = &mut *st;
+            while let Some(b) = st.held.pop_front() {
+                st.publish(b, &self.inner.config);
+            }
+        }
+    }
+
+    /// Publishes the held batches up to `upto`: the cluster committed them.
+    pub(crate) fn release(&self, upto: Revision) {
+        let mut st = self.state();
+        let st = &mut *st;
+        while st.held.front().is_some_and(|b| b.revision <= upto) {
+            if let Some(b) = st.held.pop_front() {
+                st.publish(b, &self.inner.config);
+            }
+        }
+    }
+
+    /// Whether some applied batch is still held (not known to be committed).
+    pub(crate) fn has_held(&self) -> bool {
+        !self.state().held.is_empty()
+    }
+
+    /// The revision watchers have seen: [`Engine::revision`] minus the held batches.
+    pub(crate) fn visible_revision(&self) -> Revision {
+        self.state().visible_revision()
+    }
+
+    /// Stops (or restarts) the lease-expiry task; in a cluster the leader revokes expired leases itself.
+    pub(crate) fn pause_lease_expiry(&self, paused: bool) {
+        self.state().expiry_paused = paused;
+        self.inner.lease_timer.notify_one();
+    }
+
+    /// The leases whose time has come, earliest first.
+    pub(crate) fn expired_leases(&self) -> Vec<LeaseId> {
+        let now = Instant::now();
+        self.state().expiry.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| *id).collect()
+    }
+
+    /// Gives every lease at least its full TTL from now: a new leader cannot know when the last keepalive
+    /// reached the old one (etcd does the same on a leader change).
+    pub(crate) fn refresh_leases(&self) {
+        let mut st = self.state();
+        let st = &mut *st;
+        let now = Instant::now();
+        st.expiry.clear();
+        for (id, l) in st.leases.iter_mut() {
+            l.expires = l.expires.max(now + Duration::from_secs(l.ttl as u64));
+            st.expiry.insert((l.expires, *id));
+        }
+    }
+
+    /// Applies a change replicated by the leader: logged (journal) first, then applied; watchers see it
+    /// per the hold setting. The change's revision must be after this node's (a gap means the leader's
+    /// revisions skip, as antietcd's lease grants make them; a repeat or a step back is refused).
+    pub(crate) fn apply_replicated(&self, change: &ReplicatedChange) -> Result<(), Error> {
+        let mut guard = self.state();
+        guard.check_open()?;
+        let st = &mut *guard;
+        if !change.events.is_empty() && change.revision <= st.revision {
+            return Err(Error::Replication(format!(
+                "a change at revision {} is not after this node's revision {}",
+                change.revision, st.revision
+            )));
+        }
+        for (id, ttl) in &change.leases {
+            match ttl {
+                Some(ttl) => {
+                    let ttl = (*ttl).clamp(1, MAX_LEASE_TTL);
+                    if let Some(j) = &st.journal {
+                        j.record(&JournalRecord::LeaseGrant { id: *id, ttl }).map_err(Error::Journal)?;
+                    }
+                    let expires = Instant::now() + Duration::from_secs(ttl as u64);
+                    match st.leases.get_mut(id) {
+                        Some(l) => {
+                            st.expiry.remove(&(l.expires, *id));
+                            l.ttl = ttl;
+                            l.expires = expires;
+                        }
+                        None => {
+                            st.leases.insert(*id, Lease { ttl, expires, keys: BTreeSet::new() });
+                        }
+                    }
+                    st.expiry.insert((expires, *id));
+                }
+                None => {
+                    if !st.leases.contains_key(id) {
+                        continue; // Already gone here (antietcd would stop replying: a needless failure).
+                    }
+                    if let Some(j) = &st.journal {
+                        j.record(&JournalRecord::LeaseRevoke { id: *id }).map_err(Error::Journal)?;
+                    }
+                    if let Some(l) = st.leases.remove(id) {
+                        st.expiry.remove(&(l.expires, *id));
+                        for key in l.keys {
+                            if let Some(e) = st.kv.get_mut(&key[..]) {
+                                e.lease = None;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if change.events.is_empty() {
+            return Ok(());
+        }
+        let rev = change.revision;
+        let mut events = Vec::with_capacity(change.events.len());
+        let mut undo: Vec<(Bytes, Option<Entry>)> = Vec::with_capacity(change.events.len());
+        for e in &change.events {
+            let old = st.kv.get(&e.key[..]).cloned();
+            let entry = match &e.value {
+                Some(value) => {
+                    let entry = Entry {
+                        value: value.clone(),
+                        create_revision: e
+                            .create_revision
+                            .unwrap_or_else(|| old.as_ref().map_or(rev, |o| o.create_revision)),
+                        mod_revision: rev,
+                        version: e.version.unwrap_or_else(|| old.as_ref().map_or(0, |o| o.version) + 1),
+                        lease: e.lease.filter(|id| st.leases.contains_key(id)),
+                    };
+                    events.push(Event {
+                        kind: EventKind::Put,
+                        kv: entry.to_kv(&e.key),
+                        prev_kv: old.as_ref().map(|o| o.to_kv(&e.key)),
+                    });
+                    Some(entry)
+                }
+                None => {
+                    let Some(o) = &old else { continue };
+                    events.push(Event {
+                        kind: EventKind::Delete,
+                        kv: KeyValue {
+                            key: e.key.clone(),
+                            value: Bytes::new(),
+                            create_revision: 0,
+                            mod_revision: rev,
+                            version: 0,
+                            lease: None,
+                        },
+                        prev_kv: Some(o.to_kv(&e.key)),
+                    });
+                    None
+                }
+            };
+            st.set_entry(&e.key, entry);
+            undo.push((e.key.clone(), old));
+        }
+        if events.is_empty() {
+            st.revision = rev;
+            return Ok(());
+        }
+        if let Some(j) = st.journal.clone() {
+            if let Err(e) =
+                j.record(&JournalRecord::Commit { revision: rev, events: events.as_slice().into() })
+            {
+                while let Some((key, old)) = undo.pop() {
+                    st.set_entry(&key, old);
+                }
+                return Err(Error::Journal(e));
+            }
+        }
+        st.revision = rev - 1;
+        st.commit(events, &self.inner.config);
+        Ok(())
+    }
+
+    /// Replaces the whole state with `snap` (a resync `load` from the leader). Watchers are told what
+    /// changed as one batch at the new revision; if this node held uncommitted batches, what its watchers
+    /// saw cannot be diffed against, so they are cancelled as lagging (they resume and resynchronise).
+    /// An identical state changes nothing. Returns whether anything changed. Not journaled: the caller
+    /// checkpoints.
+    pub(crate) fn load_replicated(&self, snap: &Snapshot) -> Result<bool, Error> {
+        let mut guard = self.state();
+        guard.check_open()?;
+        let st = &mut *guard;
+        let dirty = !st.held.is_empty();
+        let leases: HashMap<LeaseId, i64> = snap.leases.iter().map(|l| (l.id, l.ttl.max(1))).collect();
+        let mut new: Vec<KeyValue> = snap.kvs.iter().filter(|kv| !kv.key.is_empty()).cloned().collect();
+        new.sort_by(|a, b| a.key.cmp(&b.key));
+        new.dedup_by(|a, b| a.key == b.key);
+        for kv in &mut new {
+            kv.lease = kv.lease.filter(|id| leases.contains_key(id));
+            kv.version = kv.version.max(1);
+        }
+        // Merge-join the current and the new key sets into the events that turn one into the other.
+        let mut events = Vec::new();
+        {
+            let mut old = st.kv.iter().peekable();
+            let mut next = new.iter().peekable();
+            loop {
+                match (old.peek(), next.peek()) {
+                    (None, None) => break,
+                    (Some((k, e)), n) if n.is_none_or(|n| k[..] < n.key[..]) => {
+                        events.push(Event {
+                            kind: EventKind::Delete,
+                            kv: KeyValue {
+                                key: (*k).clone(),
+                                value: Bytes::new(),
+                                create_revision: 0,
+                                mod_revision: snap.revision,
+                                version: 0,
+                                lease: None,
+                            },
+                            prev_kv: Some(e.to_kv(k)),
+                        });
+                        old.next();
+                    }
+                    (Some((k, e)), Some(n)) if k[..] == n.key[..] => {
+                        let before = e.to_kv(k);
+                        if before != **n {
+                            events.push(Event {
+                                kind: EventKind::Put,
+                                kv: (*n).clone(),
+                                prev_kv: Some(before),
+                            });
+                        }
+                        old.next();
+                        next.next();
+                    }
+                    (_, Some(n)) => {
+                        events.push(Event { kind: EventKind::Put, kv: (*n).clone(), prev_kv: None });
+                        next.next();
+                    }
+                    (Some(_), None) => unreachable!("covered by the delete arm"),
+                }
+            }
+        }
+        let leases_same =
+            st.leases.len() == leases.len() && st.leases.iter().all(|(id, l)| leases.get(id) == Some(&l.ttl));
+        if !dirty && events.is_empty() && snap.revision == st.revision && leases_same {
+            return Ok(false);
+        }
+        let visible = st.visible_revision();
+        st.held.clear();
+        // Leases: those of the snapshot, each given its full TTL (expiry is the leader's business).
+        let now = Instant::now();
+        st.leases.clear();
+        st.expiry.clear();
+        for (id, ttl) in &leases {
+            let expires = now + Duration::from_secs(*ttl as u64);
+            st.leases.insert(*id, Lease { ttl: *ttl, expires, keys: BTreeSet::new() });
+            st.expiry.insert((expires, *id));
+        }
+        st.kv.clear();
+        for kv in new {
+            let entry = Entry {
+                value: kv.value,
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                version: kv.version,
+                lease: kv.lease,
+            };
+            st.set_entry(&kv.key, Some(entry));
+        }
+        st.revision = snap.revision.max(0);
+        st.history.clear();
+        st.compact_revision = st.revision + 1;
+        if dirty || (!events.is_empty() && st.revision <= visible) {
+            st.hub.lag_all();
+        } else if !events.is_empty() {
+            st.hub.publish(&Arc::new(WatchBatch { revision: st.revision, events }));
+        }
+        drop(guard);
+        self.inner.lease_timer.notify_one();
+        Ok(true)
+    }
+}
+
 impl Inner {
     pub(crate) fn unregister_watch(&self, id: u64) {
         lock(&self.state).hub.remove(id);
     }
+}
+
+/// The revision of the newest batch of `history` (0 if empty).
+fn batch_revision(history: &VecDeque<Arc<WatchBatch>>) -> Revision {
+    history.back().map_or(0, |b| b.revision)
 }
 
 /// Whether any event of `batch` is in `range`.
@@ -742,12 +1069,26 @@ impl State {
         }
         self.revision += 1;
         let batch = Arc::new(WatchBatch { revision: self.revision, events });
+        if self.hold {
+            self.held.push_back(batch);
+            return;
+        }
+        self.publish(batch, config);
+    }
+
+    /// Hands a committed batch to watchers and the history; compacts automatically.
+    fn publish(&mut self, batch: Arc<WatchBatch>, config: &Config) {
         self.hub.publish(&batch);
         self.history.push_back(batch);
         let n = config.compact_revisions;
-        if n > 0 && self.revision - self.compact_revision > 2 * n {
-            self.compact(self.revision - n);
+        if n > 0 && batch_revision(&self.history) - self.compact_revision > 2 * n {
+            self.compact(batch_revision(&self.history) - n);
         }
+    }
+
+    /// The revision watchers have seen: the current one minus what is held back.
+    fn visible_revision(&self) -> Revision {
+        self.held.front().map_or(self.revision, |b| b.revision - 1)
     }
 
     fn compact(&mut self, revision: Revision) {
@@ -911,18 +1252,23 @@ async fn expire_leases(engine: Weak<Inner>, wake: Arc<Notify>) {
             if st.closed {
                 return;
             }
-            let due: Vec<LeaseId> =
-                st.expiry.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| *id).collect();
-            drop(st);
-            for id in due {
-                // It may have been revoked or renewed meanwhile; either way there is nothing to do then.
-                let still_due = engine.state().leases.get(&id).is_some_and(|l| l.expires <= now);
-                if still_due {
-                    let _ = engine.lease_revoke(id);
+            if st.expiry_paused {
+                // In a cluster the leader revokes expired leases itself (replicated); wait to be woken.
+                None
+            } else {
+                let due: Vec<LeaseId> =
+                    st.expiry.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| *id).collect();
+                drop(st);
+                for id in due {
+                    // It may have been revoked or renewed meanwhile; either way there is nothing to do then.
+                    let still_due = engine.state().leases.get(&id).is_some_and(|l| l.expires <= now);
+                    if still_due {
+                        let _ = engine.lease_revoke(id);
+                    }
                 }
+                let next = engine.state().expiry.first().map(|(t, _)| *t);
+                next
             }
-            let next = engine.state().expiry.first().map(|(t, _)| *t);
-            next
         };
         match next {
             Some(at) => {

@@ -58,6 +58,10 @@ pub enum Error {
     /// The change could not be logged (the write-ahead log failed); it was not applied.
     #[error("the change could not be logged: {0}")]
     Journal(String),
+    /// A change replicated by a cluster leader does not fit this node's state (it repeats or goes back in
+    /// revisions): the node needs a resync.
+    #[error("replication out of order: {0}")]
+    Replication(String),
     /// The engine must be created inside a tokio runtime (it runs a lease-expiry task).
     #[error("the engine needs a tokio runtime")]
     NoRuntime,

@@ -58,7 +58,7 @@ impl Api {
         Api::Dump,
     ];
 
-    fn from_handler(name: &str) -> Option<Api> {
+    pub(crate) fn from_handler(name: &str) -> Option<Api> {
         Some(match name {
             "kv_txn" => Api::Txn,
             "kv_range" => Api::Range,
@@ -93,7 +93,8 @@ impl Api {
         }
     }
 
-    fn writes(self) -> bool {
+    /// Whether the API changes state (a cluster replicates it).
+    pub(crate) fn writes(self) -> bool {
         matches!(
             self,
             Api::Txn
@@ -253,19 +254,55 @@ fn parse_body(body: &[u8]) -> ApiResult<Map<String, Value>> {
     }
 }
 
-/// Runs one API call on a parsed body; returns the JSON response text.
+/// Runs one API call on a parsed body; returns the JSON response text. In a cluster every API but status
+/// and dump goes through the cluster's gate and routing ([`crate::cluster::Cluster::route`]).
 pub(crate) async fn call(shared: &Arc<Shared>, api: Api, body: &Map<String, Value>) -> ApiResult<String> {
     if shared.stopping.is_cancelled() {
         return Err(ApiError::new(StatusCode::BAD_GATEWAY, "Server is stopping"));
     }
-    if let Some(cluster) = &shared.cluster {
-        cluster.gate(matches!(api, Api::Status | Api::Dump))?;
+    match &shared.cluster {
+        Some(cluster) if !matches!(api, Api::Status | Api::Dump) => {
+            cluster.route(shared, api, body, false).await
+        }
+        _ => local(shared, api, body).await,
     }
+}
+
+/// Runs one API call on this node's engine, waiting for the disk after a write.
+pub(crate) async fn local(shared: &Arc<Shared>, api: Api, body: &Map<String, Value>) -> ApiResult<String> {
     if api.writes() {
         if let Some(p) = &shared.persister {
             p.check()?;
         }
     }
+    if api == Api::Dump {
+        let snap = shared.engine.snapshot().map_err(ApiError::engine)?;
+        return Ok(crate::persist::encode_dump(
+            &snap,
+            shared.cluster.as_ref().map_or(0, |c| c.synced_term()),
+        ));
+    }
+    let (value, synced_revision) = execute(shared, api, body)?;
+    if let (Some(_), Some(d), false) = (synced_revision, &shared.durable, shared.persist_interval) {
+        d.sync().await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    }
+    if let (Some(rev), Some(p)) = (synced_revision, &shared.persister) {
+        if !shared.persist_interval {
+            p.sync(rev).await?;
+        }
+    }
+    let mut out = String::with_capacity(128);
+    let _ = write!(out, "{value}");
+    Ok(out)
+}
+
+/// Executes one API call on the engine (no disk wait): the response body, and the revision a write
+/// must have on disk before it is acknowledged.
+pub(crate) fn execute(
+    shared: &Shared,
+    api: Api,
+    body: &Map<String, Value>,
+) -> ApiResult<(Value, Option<crate::Revision>)> {
     let engine = &shared.engine;
     let codec = &shared.codec;
     let (value, synced_revision) = match api {
@@ -363,20 +400,16 @@ pub(crate) async fn call(shared: &Arc<Shared>, api: Api, body: &Map<String, Valu
         }
         Api::Dump => {
             let snap = engine.snapshot().map_err(ApiError::engine)?;
-            return Ok(crate::persist::encode_dump(&snap));
+            let dump =
+                crate::persist::encode_dump(&snap, shared.cluster.as_ref().map_or(0, |c| c.synced_term()));
+            (
+                serde_json::from_str(&dump)
+                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+                None,
+            )
         }
     };
-    if let (Some(_), Some(d), false) = (synced_revision, &shared.durable, shared.persist_interval) {
-        d.sync().await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    }
-    if let (Some(rev), Some(p)) = (synced_revision, &shared.persister) {
-        if !shared.persist_interval {
-            p.sync(rev).await?;
-        }
-    }
-    let mut out = String::with_capacity(128);
-    let _ = write!(out, "{value}");
-    Ok(out)
+    Ok((value, synced_revision))
 }
 
 /// antietcd answers keepalive and revoke of an unknown lease with plain `unknown lease`.

@@ -18,7 +18,7 @@
 //! caller whose revision is already covered by a finished or running persist joins it instead of writing
 //! again. A failed write is remembered: every later write is refused with the error.
 
-use crate::types::{KeyValue, Revision, Snapshot};
+use crate::types::{KeyValue, LeaseId, Revision, Snapshot};
 use crate::Engine;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -150,6 +150,9 @@ fn encode_state(kvs: &[(&KeyValue, Bytes)], with_lease: bool) -> (String, Vec<Va
                 let mut m = Map::new();
                 m.insert("create_revision".into(), kv.create_revision.into());
                 m.insert("key".into(), b64.encode(&kv.key).into());
+                if let (true, Some(l)) = (with_lease, kv.lease) {
+                    m.insert("lease".into(), l.to_string().into());
+                }
                 m.insert("mod_revision".into(), kv.mod_revision.into());
                 m.insert("value".into(), b64.encode(value).into());
                 m.insert("version".into(), kv.version.into());
@@ -190,8 +193,9 @@ pub fn encode_file(snap: &Snapshot, filter: Option<&PersistFilter>, term: i64) -
     out
 }
 
-/// antietcd's network `/dump`: the tree with leased keys (and their `lease`), the leases, raw values.
-pub fn encode_dump(snap: &Snapshot) -> String {
+/// antietcd's network `/dump`: the tree with leased keys (and their `lease`), the leases, raw values, and
+/// `term` (the term of the node's last cluster sync; 0 on a single node).
+pub fn encode_dump(snap: &Snapshot, term: u64) -> String {
     let kvs: Vec<(&KeyValue, Bytes)> = snap.kvs.iter().map(|kv| (kv, kv.value.clone())).collect();
     let (state, binary) = encode_state(&kvs, true);
     let now_ms = std::time::SystemTime::now()
@@ -211,7 +215,7 @@ pub fn encode_dump(snap: &Snapshot) -> String {
         snap.compact_revision.min(snap.revision)
     );
     out.push_str(&Value::Object(leases).to_string());
-    out.push_str(",\"term\":0");
+    out.push_str(&format!(",\"term\":{term}"));
     if !binary.is_empty() {
         out.push_str(",\"x_binary\":");
         out.push_str(&Value::Array(binary).to_string());
@@ -222,6 +226,16 @@ pub fn encode_dump(snap: &Snapshot) -> String {
 
 fn num(v: Option<&Value>) -> i64 {
     v.and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64))).unwrap_or(0)
+}
+
+/// A lease id as antietcd writes it (16 hex digits); anything else means no lease.
+fn lease_of(v: Option<&Value>) -> Option<LeaseId> {
+    let s = v?.as_str()?;
+    i64::from_str_radix(s, 16)
+        .ok()
+        .or_else(|| u64::from_str_radix(s, 16).ok().map(|n| n as i64))
+        .filter(|n| *n != 0)
+        .map(LeaseId)
 }
 
 fn decode_node(node: &Map<String, Value>, path: &mut Vec<String>, out: &mut Vec<KeyValue>) {
@@ -239,7 +253,7 @@ fn decode_node(node: &Map<String, Value>, path: &mut Vec<String>, out: &mut Vec<
                 create_revision: num(node.get("create_revision")).max(0),
                 mod_revision,
                 version: num(node.get("version")).max(1),
-                lease: None,
+                lease: lease_of(node.get("lease")),
             });
         }
     }
@@ -257,6 +271,11 @@ fn decode_node(node: &Map<String, Value>, path: &mut Vec<String>, out: &mut Vec<
 /// Parses a data file's JSON (after gunzip).
 pub fn decode_file(json: &[u8]) -> Result<FileState, String> {
     let v: Value = serde_json::from_slice(json).map_err(|e| format!("bad JSON: {e}"))?;
+    decode_value(&v)
+}
+
+/// [`decode_file`] on parsed JSON.
+fn decode_value(v: &Value) -> Result<FileState, String> {
     let obj = v.as_object().ok_or("not a JSON object")?;
     let mut kvs = Vec::new();
     if let Some(Value::Object(state)) = obj.get("state") {
@@ -273,7 +292,7 @@ pub fn decode_file(json: &[u8]) -> Result<FileState, String> {
                     create_revision: num(item.get("create_revision")),
                     mod_revision: num(item.get("mod_revision")),
                     version: num(item.get("version")).max(1),
-                    lease: None,
+                    lease: lease_of(item.get("lease")),
                 });
             }
         }
@@ -286,6 +305,37 @@ pub fn decode_file(json: &[u8]) -> Result<FileState, String> {
         term: num(obj.get("term")),
         kvs,
     })
+}
+
+/// Parses a network dump (antietcd's `dump()`, as sent in the `load` peer message or answered to `dump`)
+/// into a snapshot and the sender's term. Lease expiry times are turned into time left from now.
+pub(crate) fn decode_dump(dump: &Value) -> Result<(Snapshot, u64), String> {
+    let obj = dump.as_object().ok_or("a dump should be a JSON object")?;
+    let file = decode_value(dump)?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut leases = Vec::new();
+    if let Some(Value::Object(map)) = obj.get("leases") {
+        for (id, lease) in map {
+            let id =
+                lease_of(Some(&Value::String(id.clone()))).ok_or_else(|| format!("bad lease id {id:?}"))?;
+            let ttl = num(lease.get("ttl")).max(1);
+            let left = (num(lease.get("expires")) - now_ms).clamp(0, ttl * 1000);
+            leases.push(crate::types::LeaseSnapshot {
+                id,
+                ttl,
+                remaining: std::time::Duration::from_millis(left as u64),
+            });
+        }
+    }
+    leases.sort_by_key(|l| l.id);
+    let term = obj.get("term").and_then(Value::as_u64).unwrap_or(0);
+    Ok((
+        Snapshot { revision: file.revision, compact_revision: file.compact_revision, kvs: file.kvs, leases },
+        term,
+    ))
 }
 
 /// Reads a data file: `Ok(None)` if it does not exist.

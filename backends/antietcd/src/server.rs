@@ -269,6 +269,9 @@ impl Node {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             cluster,
         });
+        if let Some(cluster) = &shared.cluster {
+            crate::cluster::replica::attach(cluster, &shared);
+        }
         if let (Some(p), true) = (&shared.persister, config.persist_interval > 0) {
             let p = p.clone();
             let engine = shared.engine.clone();

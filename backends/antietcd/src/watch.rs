@@ -77,6 +77,15 @@ impl Hub {
         self.watchers.remove(&id);
     }
 
+    /// Drops every watcher as lagging: their streams end with [`WatchError::Lagged`] after what they
+    /// already hold, so their readers resume (and learn of a compaction) instead of missing changes.
+    pub(crate) fn lag_all(&mut self) {
+        for w in self.watchers.values() {
+            w.lagged.store(true, Ordering::Release);
+        }
+        self.watchers.clear();
+    }
+
     /// Drops every watcher: their streams end after what they already hold.
     pub(crate) fn clear(&mut self) {
         self.watchers.clear();

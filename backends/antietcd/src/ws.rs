@@ -102,11 +102,11 @@ impl Session {
                 msg = socket.recv() => match msg {
                     Some(Ok(Message::Text(t))) => {
                         keepalive.heard();
-                        self.on_message(t.as_bytes())
+                        self.on_message(t.as_bytes()).await
                     }
                     Some(Ok(Message::Binary(b))) => {
                         keepalive.heard();
-                        self.on_message(&b)
+                        self.on_message(&b).await
                     }
                     Some(Ok(Message::Pong(_))) | Some(Ok(Message::Ping(_))) => {
                         keepalive.heard();
@@ -138,8 +138,9 @@ impl Session {
         }
     }
 
+    /// The revision watchers have seen (in a cluster, changes not committed yet are not counted).
     fn revision(&self) -> Revision {
-        self.shared.engine.revision()
+        self.shared.engine.visible_revision()
     }
 
     fn error(&self, message: impl Into<String>, watch_id: Option<&Value>) -> String {
@@ -160,7 +161,7 @@ impl Session {
     }
 
     /// One client frame → the replies to send.
-    fn on_message(&mut self, data: &[u8]) -> Vec<String> {
+    async fn on_message(&mut self, data: &[u8]) -> Vec<String> {
         if self.shared.logs.access {
             tracing::info!(target: "antietcd::access", "ws -> {}", String::from_utf8_lossy(data));
         }
@@ -185,8 +186,10 @@ impl Session {
         if obj.contains_key("progress_request") || obj.contains_key("progressRequest") {
             return vec![self.result(self.revision(), Map::new())];
         }
-        if let Some(out) = self.peer.as_mut().and_then(|p| p.on_message(obj)) {
-            return out;
+        if let Some(peer) = self.peer.as_mut() {
+            if let Some(out) = peer.on_message(obj).await {
+                return out;
+            }
         }
         vec![self.error("unknown message: expected create_request, cancel_request or progress_request", None)]
     }

@@ -168,12 +168,103 @@ async fn three_nodes_elect_exactly_one_leader() {
         let r = client().get(format!("{url}/health")).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
-    // Election slice: followers refuse API calls (the next slice forwards), the leader serves them.
+    // A write through a follower is forwarded to the leader; once acknowledged every node has it.
     let l = index(&leader);
     let put = json!({"key": b64("/k"), "value": b64("v")}).to_string();
     let (code, text) = post(&c.urls[(l + 1) % 3], "/v3/kv/put", &put).await;
-    assert_eq!((code, text.as_str()), (503, "Not leader\n"));
-    assert_eq!(post(&c.urls[l], "/v3/kv/put", &put).await.0, 200);
+    assert_eq!(code, 200, "{text}");
+    for url in &c.urls {
+        let r = call(url, "/v3/kv/range", json!({"key": b64("/k")})).await;
+        assert_eq!(unb64(&r["kvs"][0]["value"]), "v", "{url}: {r}");
+    }
+    c.shutdown().await;
+}
+
+/// Waits until `f` holds for the answer of `path` on every node in `urls`.
+async fn wait_all(urls: &[String], path: &str, body: Value, what: &str, f: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for url in urls {
+        loop {
+            let r = call(url, path, body.clone()).await;
+            if f(&r) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{what} not reached on {url}: {r}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_replicate_with_forwarding_watches_and_leases() {
+    let mut c = Cluster::start(|_| "secret").await;
+    let rxs = c.statuses();
+    let (leader, _) = wait_until(&rxs, Duration::from_secs(10), "one leader", agreed).await;
+    let l = index(&leader);
+    let (f1, f2) = (c.urls[(l + 1) % 3].clone(), c.urls[(l + 2) % 3].clone());
+    // A watcher on one follower sees a write made through the other, at the leader's revision.
+    let mut ws = Ws::connect(&f2, "/").await;
+    ws.send(&json!({"create_request": {"key": b64("/w/"), "range_end": b64("/w0"), "watch_id": 1}})).await;
+    let created = ws.recv().await;
+    assert_eq!(created["result"]["created"], true, "{created}");
+    let put = call(&f1, "/v3/kv/put", json!({"key": b64("/w/a"), "value": b64("1")})).await;
+    let revision = put["header"]["revision"].as_i64().unwrap();
+    let event = ws.recv().await;
+    let events = &event["result"]["events"];
+    assert_eq!(unb64(&events[0]["kv"]["key"]), "/w/a", "{event}");
+    assert_eq!(events[0]["kv"]["mod_revision"].as_i64(), Some(revision), "{event}");
+    // Every node reports the same revision and value (followers applied it before the ack).
+    for url in &c.urls {
+        let r = call(url, "/v3/kv/range", json!({"key": b64("/w/a")})).await;
+        assert_eq!(r["header"]["revision"].as_i64(), Some(revision), "{url}: {r}");
+        assert_eq!(unb64(&r["kvs"][0]["value"]), "1");
+    }
+    // Errors keep the leader's status code through a follower (antietcd makes every one 503).
+    let (code, text) = post(&f1, "/v3/lease/keepalive", r#"{"ID":"1234"}"#).await;
+    assert_eq!((code, text.as_str()), (400, "unknown lease\n"));
+    let (code, _) = post(&f1, "/v3/kv/put", r#"{"value":"eA=="}"#).await;
+    assert_eq!(code, 400);
+    // A CAS through a follower: compare on the value, both outcomes.
+    let cas = |expect: &str, new: &str| {
+        json!({"compare": [{"key": b64("/w/a"), "target": "VALUE", "result": "EQUAL", "value": b64(expect)}],
+               "success": [{"request_put": {"key": b64("/w/a"), "value": b64(new)}}]})
+    };
+    assert_eq!(call(&f2, "/v3/kv/txn", cas("1", "2")).await["succeeded"], true);
+    assert_eq!(call(&f1, "/v3/kv/txn", cas("1", "3")).await["succeeded"], false);
+    // Leases: granted through a follower, expire on the leader, and the deletion reaches every node.
+    let grant = call(&f1, "/v3/lease/grant", json!({"TTL": 1})).await;
+    let id = grant["ID"].as_str().unwrap().to_owned();
+    call(&f2, "/v3/kv/put", json!({"key": b64("/w/leased"), "value": b64("x"), "lease": id})).await;
+    wait_all(&c.urls, "/v3/kv/range", json!({"key": b64("/w/leased")}), "the leased key", |r| {
+        r["kvs"].as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    wait_all(&c.urls, "/v3/kv/range", json!({"key": b64("/w/leased")}), "lease expiry", |r| {
+        r["kvs"].as_array().is_none_or(|a| a.is_empty())
+    })
+    .await;
+    // The leader goes: the survivors elect another, keep every acknowledged write and take new ones.
+    c.stop(l).await;
+    let mut rest = rxs.clone();
+    rest[l] = None;
+    wait_until(&rest, Duration::from_secs(ELECTION_MS / 1000 + 5), "a new leader", agreed).await;
+    let live: Vec<String> = (0..3).filter(|i| *i != l).map(|i| c.urls[i].clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, _) =
+            post(&live[0], "/v3/kv/put", &json!({"key": b64("/w/b"), "value": b64("4")}).to_string()).await;
+        if code == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no write accepted after failover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for url in &live {
+        let r = call(url, "/v3/kv/range", json!({"key": b64("/w/"), "range_end": b64("/w0")})).await;
+        let kvs: Vec<(String, String)> =
+            r["kvs"].as_array().unwrap().iter().map(|kv| (unb64(&kv["key"]), unb64(&kv["value"]))).collect();
+        assert_eq!(kvs, vec![("/w/a".into(), "2".into()), ("/w/b".into(), "4".into())], "{url}");
+    }
     c.shutdown().await;
 }
 

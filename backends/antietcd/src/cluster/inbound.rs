@@ -39,7 +39,7 @@ pub(crate) async fn next_reply(inbound: &mut Option<Inbound>) -> Option<String> 
     }
 }
 
-fn reply(request_id: Option<&Value>, body: Value) -> String {
+pub(super) fn reply(request_id: Option<&Value>, body: Value) -> String {
     let mut m = Map::new();
     if let Some(id) = request_id {
         m.insert("request_id".into(), id.clone());
@@ -48,12 +48,12 @@ fn reply(request_id: Option<&Value>, body: Value) -> String {
     Value::Object(m).to_string()
 }
 
-fn error_reply(request_id: Option<&Value>, message: &str) -> String {
+pub(super) fn error_reply(request_id: Option<&Value>, message: &str) -> String {
     reply(request_id, serde_json::json!({ "error": message }))
 }
 
-/// The peer message kinds, in antietcd's dispatch order.
-const KINDS: [&str; 10] = [
+/// The peer message kinds, in antietcd's dispatch order (then ours: `commit`).
+const KINDS: [&str; 11] = [
     "raft",
     "identify",
     "dump",
@@ -64,6 +64,7 @@ const KINDS: [&str; 10] = [
     "compact",
     "unlock",
     "check_leader",
+    "commit",
 ];
 
 impl Inbound {
@@ -90,25 +91,13 @@ impl Inbound {
         i
     }
 
-    /// The identified peer, if any.
-    #[allow(dead_code)] // for the replication slice's handlers
-    pub(crate) fn peer(&self) -> Option<&str> {
-        self.peer.as_deref()
-    }
-
-    /// A sender for replies produced later (the socket's task sends them in order of completion).
-    #[allow(dead_code)] // for the replication slice's handlers
-    pub(crate) fn replier(&self) -> mpsc::Sender<String> {
-        self.replies_tx.clone()
-    }
-
     /// The next asynchronous reply. Never `None` in practice (this struct holds a sender).
     pub(crate) async fn next_reply(&mut self) -> Option<String> {
         self.replies_rx.recv().await
     }
 
     /// Handles one message object; `None` if it is not a peer message (the caller treats it as unknown).
-    pub(crate) fn on_message(&mut self, obj: &Map<String, Value>) -> Option<Vec<String>> {
+    pub(crate) async fn on_message(&mut self, obj: &Map<String, Value>) -> Option<Vec<String>> {
         let kind = KINDS.iter().copied().find(|k| obj.contains_key(*k))?;
         let request_id = obj.get("request_id");
         if kind == "identify" {
@@ -144,10 +133,9 @@ impl Inbound {
                     error_reply(request_id, "raft leader/term mismatch")
                 }]
             }
-            // dump, load, replicate, handler, compact, unlock: the replication slice.
+            // dump, load, replicate, handler, compact, unlock, commit.
             other => {
-                tracing::debug!(target: "antietcd::cluster", "{other} from {peer}: not implemented yet");
-                vec![error_reply(request_id, &format!("{other} is not implemented by this node yet"))]
+                super::replica::on_peer_message(&self.cluster, &peer, other, obj, &self.replies_tx).await
             }
         };
         Some(out)

@@ -4,27 +4,29 @@
 //! ```text
 //!  peer link tasks (one per peer, peer.rs)      incoming websockets (ws.rs → inbound.rs)
 //!    dial ws://peer, send identify, redial        honoured only after a good identify
-//!    replies → pending requests by request_id     raft → driver; requests → (next slice)
-//!          │ raft, Connected/Disconnected                 │ raft
+//!    replies → pending requests by request_id     raft → driver; dump/load/replicate/commit/handler
+//!          │ raft, Connected/Disconnected                 │ raft            → replica.rs
 //!          ▼                                              ▼
 //!                    driver task (driver.rs): owns tinyraft::Engine, its two timers,
 //!                    persists the term (term.rs) before acting on a higher one,
 //!                    sends raft on the peer links, publishes ClusterStatus on a watch
+//!                                          │ status
+//!                                          ▼
+//!                    leader task (replica.rs): resyncs followers, runs write batches
+//!                    (apply → replicate to every follower → commit → answer)
 //! ```
 //!
 //! As in antietcd, a node originates messages (raft, requests) only on its own outgoing socket to a peer;
 //! replies travel back on the socket the request came on. `Cluster::request` is the request/reply
-//! primitive (`request_id`, per-request timeout) the replication slice builds `dump`, `load`, `replicate`,
-//! `compact`, `check_leader` and forwarded requests on.
-//!
-//! This slice elects; it does not replicate yet: a leader executes requests locally, followers and
-//! candidates answer 503 (see `Cluster::gate`). TLS to peers (`peer_ca`, client certificates) is not
-//! implemented yet: `https://` peers are dialed as `wss://` with the system roots.
+//! primitive (`request_id`, per-request timeout) `dump`, `load`, `replicate`, `compact`, `check_leader` and
+//! forwarded requests are built on. API calls go through `Cluster::route`: writes to the leader
+//! (forwarded by followers), reads behind the replication gate (see [`replica`] for the guarantees).
 
 mod config;
 mod driver;
 mod inbound;
 mod peer;
+pub(crate) mod replica;
 mod term;
 #[cfg(test)]
 mod tests;
@@ -32,8 +34,6 @@ mod tests;
 pub use config::{parse_cluster, peer_ws_url, ClusterConfig, ClusterConfigError, PeerTimeouts};
 pub(crate) use inbound::{next_reply, Inbound};
 
-use crate::wire::ApiError;
-use hyper::StatusCode;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,7 +118,6 @@ pub(crate) enum Event {
     /// Our outgoing connection to the peer closed.
     Disconnected(NodeId),
     /// Start an election now (e.g. replication failed): antietcd's `raft.start()`.
-    #[allow(dead_code)] // used by the replication slice
     Campaign,
 }
 
@@ -130,6 +129,8 @@ pub(crate) struct Cluster {
     events: mpsc::Sender<Event>,
     status: watch::Receiver<ClusterStatus>,
     next_request: AtomicU64,
+    /// Replication state (see [`replica`]).
+    pub(crate) repl: replica::Replica,
 }
 
 impl Cluster {
@@ -142,6 +143,13 @@ impl Cluster {
         stopping: CancellationToken,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let terms = term::TermStore::open(config.term_file.clone())?;
+        // The term of the last sync lives next to the raft term (`raft_term.synced`).
+        let synced_file = config.term_file.as_ref().map(|p| {
+            let mut name = p.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            name.push(".synced");
+            p.with_file_name(name)
+        });
+        let synced = term::TermStore::open(synced_file)?;
         let engine = tinyraft::Engine::new(
             config.raft.clone(),
             terms.stored(),
@@ -164,6 +172,7 @@ impl Cluster {
             events: events_tx,
             status: status_rx,
             next_request: AtomicU64::new(1),
+            repl: replica::Replica::new(synced),
         });
         tracing::info!(target: "antietcd::cluster", "node {} starting at term {}", cluster.config.node_id, terms.stored());
         let driver = driver::Driver::new(engine, terms, cluster.links.clone(), status_tx);
@@ -189,8 +198,22 @@ impl Cluster {
     /// Sends `body` (a request object; `request_id` is added) to peer `to` on our outgoing connection and
     /// waits up to `timeout` for `{"request_id": R, "reply": X}` on that connection. `X` with an `error`
     /// field is a [`PeerError::Remote`].
-    #[allow(dead_code)] // the replication slice's primitive; exercised by the tests of this module
     pub(crate) async fn request(
+        &self,
+        to: &str,
+        body: Map<String, Value>,
+        timeout: Duration,
+    ) -> Result<Value, PeerError> {
+        let reply = self.request_value(to, body, timeout).await?;
+        match reply.get("error") {
+            Some(Value::String(e)) => Err(PeerError::Remote(e.clone())),
+            Some(e) if !e.is_null() => Err(PeerError::Remote(e.to_string())),
+            _ => Ok(reply),
+        }
+    }
+
+    /// [`Cluster::request`] without interpreting the reply.
+    pub(crate) async fn request_value(
         &self,
         to: &str,
         mut body: Map<String, Value>,
@@ -211,28 +234,56 @@ impl Cluster {
             Err(_) => Err(PeerError::Timeout),
         };
         link.remove_pending(id);
-        let reply = reply?;
-        match reply.get("error") {
-            Some(Value::String(e)) => Err(PeerError::Remote(e.clone())),
-            Some(e) if !e.is_null() => Err(PeerError::Remote(e.to_string())),
-            _ => Ok(reply),
-        }
+        reply
     }
 
-    /// antietcd's request gate (section 5.4), reduced to what this slice can do: the leader executes, a
-    /// candidate answers 503 `Quorum not available`, a follower 503 `Not leader` (the replication slice
-    /// forwards writes to the leader and serves reads per `stale_read`). `exempt`: status and dump.
-    pub(crate) fn gate(&self, exempt: bool) -> Result<(), ApiError> {
-        if exempt {
-            return Ok(());
+    /// Sends every message of `bodies` to `to` in order on one link (pipelined: all are sent before any
+    /// reply is awaited) and waits up to `timeout` for all replies; the first error or missing reply fails
+    /// the whole.
+    pub(crate) async fn request_all(
+        &self,
+        to: &str,
+        bodies: &[Map<String, Value>],
+        timeout: Duration,
+    ) -> Result<(), PeerError> {
+        let link = self.links.get(to).ok_or_else(|| PeerError::Unavailable(to.to_owned()))?;
+        let mut ids = Vec::with_capacity(bodies.len());
+        let run = async {
+            let mut replies = Vec::with_capacity(bodies.len());
+            for body in bodies {
+                let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+                let mut body = body.clone();
+                body.insert("request_id".into(), id.into());
+                let (tx, rx) = oneshot::channel();
+                link.add_pending(id, tx);
+                ids.push(id);
+                replies.push(rx);
+                let text = Value::Object(body).to_string();
+                link.tx.send(text).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
+            }
+            for rx in replies {
+                let reply = rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
+                match reply.get("error") {
+                    Some(Value::String(e)) => return Err(PeerError::Remote(e.clone())),
+                    Some(e) if !e.is_null() => return Err(PeerError::Remote(e.to_string())),
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        let result = match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(PeerError::Timeout),
+        };
+        for id in ids {
+            link.remove_pending(id);
         }
-        let status = self.status.borrow();
-        match status.role {
-            Role::Leader => Ok(()),
-            Role::Candidate => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Quorum not available")),
-            // Next slice: forward writes, serve reads (stale_read / check_leader).
-            Role::Follower => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Not leader")),
-        }
+        result
+    }
+
+    /// The term of this node's last sync (antietcd's `stored_term`), as reported in dumps.
+    pub(crate) fn synced_term(&self) -> Term {
+        self.repl.stored_term()
     }
 
     /// Adds antietcd's cluster fields to `/v3/maintenance/status`: `header.member_id`, `header.raft_term`,

@@ -178,8 +178,8 @@ async fn run_link(
                 None => break,
             },
             msg = socket.next() => match msg {
-                Some(Ok(Message::Text(t))) => { keepalive.heard(); on_frame(&pending, &mut inbound, peer, t.as_bytes()) }
-                Some(Ok(Message::Binary(b))) => { keepalive.heard(); on_frame(&pending, &mut inbound, peer, &b) }
+                Some(Ok(Message::Text(t))) => { keepalive.heard(); on_frame(&pending, &mut inbound, peer, t.as_bytes()).await }
+                Some(Ok(Message::Binary(b))) => { keepalive.heard(); on_frame(&pending, &mut inbound, peer, &b).await }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => { keepalive.heard(); continue }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
             },
@@ -208,7 +208,7 @@ async fn run_link(
 }
 
 /// A frame from the peer on our outgoing socket.
-fn on_frame(pending: &Pending, inbound: &mut Inbound, peer: &str, data: &[u8]) -> Vec<String> {
+async fn on_frame(pending: &Pending, inbound: &mut Inbound, peer: &str, data: &[u8]) -> Vec<String> {
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(data) else {
         tracing::debug!(target: "antietcd::cluster", "{peer} sent a frame that is not a JSON object");
         return Vec::new();
@@ -229,5 +229,5 @@ fn on_frame(pending: &Pending, inbound: &mut Inbound, peer: &str, data: &[u8]) -
             return Vec::new();
         }
     }
-    inbound.on_message(&obj).unwrap_or_default()
+    inbound.on_message(&obj).await.unwrap_or_default()
 }

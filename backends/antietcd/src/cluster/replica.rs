@@ -1,0 +1,1017 @@
+//! Replication (spec sections 5.3-5.7), done so that the cluster is linearizable:
+//!
+//! * **Leader.** One task ([`run`]) owns the write path. After every election and every change of the
+//!   followers it resyncs them (`dump` from each, the most advanced state wins, `load` to each); only then
+//!   is it *synced*. Writes arrive as [`Proposal`]s and are applied in batches: the batch takes the read
+//!   gate exclusively, applies each write to the engine (which holds the resulting watch batches back),
+//!   sends the changes as `replicate` messages to **every** follower in order, waits for all of them and for
+//!   its own disk, and only then publishes the batches to watchers, lets readers in again, tells followers
+//!   `commit`, and answers the clients. A failure answers 503, leaves the batch invisible, and starts an
+//!   election; the next resync decides whether the batch survives (it does if the winner has it).
+//! * **Follower.** Applies `replicate` messages in order (logged through the engine's journal), holding the
+//!   read gate from the first uncommitted change until the leader's `commit`, so local readers never see a
+//!   change the leader has not committed. Writes received from clients are forwarded to the leader.
+//! * **Reads** wait for the gate; on the leader they need a confirmed leader lease, on a follower with
+//!   `stale_read` off a `check_leader` round trip first: both linearizable.
+//!
+//! antietcd 1.3.1 peers interoperate: they receive the same `replicate`, `load`, `dump` and `unlock`
+//! messages, ignore our `commit`, and our followers apply their leaders' changes without holding (an
+//! antietcd leader does not say when a change commits).
+
+use super::{Cluster, ClusterStatus, Event, PeerError};
+use crate::engine::{JournalRecord, ReplicatedChange, ReplicatedEvent};
+use crate::http::Api;
+use crate::server::Shared;
+use crate::types::{EventKind, LeaseId, Revision};
+use crate::wire::{field, lease_id, truthy, ApiError, ApiResult};
+use crate::Journal;
+use base64::Engine as _;
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+use tinyraft::{NodeId, Role, Term};
+use tokio::sync::{mpsc, oneshot, watch, OwnedRwLockWriteGuard, RwLock};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The most writes applied and replicated as one batch.
+const MAX_BATCH: usize = 256;
+/// How often the leader looks for expired leases.
+const LEASE_TICK: Duration = Duration::from_millis(250);
+
+/// A write waiting for the leader's write task.
+#[derive(Debug)]
+pub(crate) struct Proposal {
+    api: Api,
+    body: Map<String, Value>,
+    reply: Option<oneshot::Sender<ApiResult<String>>>,
+}
+
+/// The replication state of one node, shared by its leader task, its peer sockets and its API calls.
+#[derive(Debug)]
+pub(crate) struct Replica {
+    /// API reads share it; a leader's batch in flight, or a follower's uncommitted changes, hold it
+    /// exclusively. Fair (FIFO), so readers queued behind a batch go before the next batch.
+    gate: Arc<RwLock<()>>,
+    /// `Some(term)` while this node is synced in `term`: as leader after its resync, as follower after the
+    /// leader's `load`.
+    synced: watch::Sender<Option<Term>>,
+    /// The term of the last sync, persisted: it ranks this node's data in a resync (antietcd's
+    /// `stored_term`).
+    stored: tokio::sync::Mutex<super::term::TermStore>,
+    stored_now: std::sync::atomic::AtomicU64,
+    proposals: mpsc::Sender<Proposal>,
+    inbox: Mutex<Option<mpsc::Receiver<Proposal>>>,
+    follower: Mutex<FollowerState>,
+    /// The node's shared state, set once it exists.
+    shared: OnceLock<Weak<Shared>>,
+    /// Records the engine journals while this node leads (what the batch must replicate).
+    tap: Arc<Tap>,
+}
+
+#[derive(Debug, Default)]
+struct FollowerState {
+    /// Held from the first applied-but-uncommitted change until the leader's `commit`.
+    guard: Option<OwnedRwLockWriteGuard<()>>,
+    /// Whether the current leader sends `commit` (ours do, right after `load`; antietcd's never).
+    leader_commits: bool,
+}
+
+impl Replica {
+    pub(crate) fn new(stored: super::term::TermStore) -> Replica {
+        let (tx, rx) = mpsc::channel(4096);
+        let now = stored.stored();
+        Replica {
+            gate: Arc::new(RwLock::new(())),
+            synced: watch::channel(None).0,
+            stored: tokio::sync::Mutex::new(stored),
+            stored_now: now.into(),
+            proposals: tx,
+            inbox: Mutex::new(Some(rx)),
+            follower: Mutex::new(FollowerState::default()),
+            shared: OnceLock::new(),
+            tap: Arc::new(Tap::default()),
+        }
+    }
+
+    fn follower(&self) -> std::sync::MutexGuard<'_, FollowerState> {
+        self.follower.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn shared(&self) -> Option<Arc<Shared>> {
+        self.shared.get().and_then(Weak::upgrade)
+    }
+
+    /// The term of the last sync.
+    pub(crate) fn stored_term(&self) -> Term {
+        self.stored_now.load(Ordering::Relaxed)
+    }
+
+    async fn set_stored_term(&self, term: Term) -> std::io::Result<()> {
+        self.stored.lock().await.raise(term).await?;
+        self.stored_now.fetch_max(term, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn set_synced(&self, term: Option<Term>) {
+        self.synced.send_if_modified(|s| {
+            let changed = *s != term;
+            *s = term;
+            changed
+        });
+    }
+}
+
+/// The journal of a cluster node: passes every record on to the write-ahead log (if any) and, while the
+/// node leads, keeps a copy for the batch in progress.
+#[derive(Debug, Default)]
+pub(crate) struct Tap {
+    inner: OnceLock<Option<Arc<dyn Journal>>>,
+    on: AtomicBool,
+    records: Mutex<Vec<JournalRecord<'static>>>,
+}
+
+impl Journal for Tap {
+    fn record(&self, record: &JournalRecord<'_>) -> Result<(), String> {
+        if let Some(Some(inner)) = self.inner.get() {
+            inner.record(record)?;
+        }
+        if self.on.load(Ordering::Acquire) {
+            let owned = match record {
+                JournalRecord::Commit { revision, events } => {
+                    JournalRecord::Commit { revision: *revision, events: events.to_vec().into() }
+                }
+                JournalRecord::LeaseGrant { id, ttl } => JournalRecord::LeaseGrant { id: *id, ttl: *ttl },
+                JournalRecord::LeaseRevoke { id } => JournalRecord::LeaseRevoke { id: *id },
+                JournalRecord::Compact { revision } => JournalRecord::Compact { revision: *revision },
+            };
+            self.records.lock().unwrap_or_else(PoisonError::into_inner).push(owned);
+        }
+        Ok(())
+    }
+}
+
+impl Tap {
+    fn take(&self) -> Vec<JournalRecord<'static>> {
+        std::mem::take(&mut *self.records.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Wires the replication runtime into a started node: the engine holds batches, leases wait for the
+/// leader, the journal is tapped, and the leader task starts.
+pub(crate) fn attach(cluster: &Arc<Cluster>, shared: &Arc<Shared>) {
+    let repl = &cluster.repl;
+    let _ = repl.shared.set(Arc::downgrade(shared));
+    let engine = &shared.engine;
+    engine.set_hold(true);
+    engine.pause_lease_expiry(true);
+    let _ = repl.tap.inner.set(engine.journal());
+    engine.set_journal(Some(repl.tap.clone()));
+    let inbox = repl.inbox.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(inbox) = inbox {
+        shared.tracker.spawn(run(cluster.clone(), inbox, shared.stopping.clone()));
+    }
+}
+
+fn unavailable(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+}
+
+// ---- Client requests ------------------------------------------------------------------------------
+
+impl Cluster {
+    /// antietcd's request gate (section 5.4) and routing, for every API but status and dump. `forwarded`:
+    /// the call came from a follower (never forwarded again).
+    pub(crate) async fn route(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        api: Api,
+        body: &Map<String, Value>,
+        forwarded: bool,
+    ) -> ApiResult<String> {
+        let leaderonly = truthy(body.get("leaderonly"));
+        let nowait = truthy(body.get("nowaitquorum"));
+        let serializable = truthy(body.get("serializable"));
+        let deadline = Instant::now() + self.config.timeouts.wait_quorum;
+        let mut status = self.status();
+        let mut synced = self.repl.synced.subscribe();
+        loop {
+            let st = status.borrow_and_update().clone();
+            if leaderonly && st.role != Role::Leader {
+                return Err(unavailable("Not leader"));
+            }
+            let is_synced = *synced.borrow_and_update() == Some(st.term);
+            match st.role {
+                Role::Follower if api != Api::Range => {
+                    if forwarded {
+                        return Err(unavailable("Not leader"));
+                    }
+                    return self.forward(&st, api, body).await;
+                }
+                Role::Candidate if nowait => return Err(unavailable("Quorum not available")),
+                _ if is_synced && st.role != Role::Candidate => {
+                    if st.role == Role::Leader && api.writes() {
+                        return self.propose(api, body.clone()).await;
+                    }
+                    return self.read(shared, &st, api, body, serializable, deadline).await;
+                }
+                _ if nowait => return Err(unavailable("Quorum not available")),
+                _ => {}
+            }
+            // Not synced (or a candidate): wait for that to change, up to wait_quorum_timeout.
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Err(unavailable("Quorum not available")),
+                r = status.changed() => if r.is_err() { return Err(stopping()) },
+                r = synced.changed() => if r.is_err() { return Err(stopping()) },
+            }
+        }
+    }
+
+    /// Hands a write to the leader task and waits for its answer.
+    async fn propose(&self, api: Api, body: Map<String, Value>) -> ApiResult<String> {
+        let (tx, rx) = oneshot::channel();
+        self.repl.proposals.send(Proposal { api, body, reply: Some(tx) }).await.map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?
+    }
+
+    /// A read on a synced node: on the leader under a confirmed lease, on a follower after `check_leader`
+    /// unless stale reads are allowed; always behind the gate (nothing uncommitted visible).
+    async fn read(
+        &self,
+        shared: &Arc<Shared>,
+        st: &ClusterStatus,
+        api: Api,
+        body: &Map<String, Value>,
+        serializable: bool,
+        deadline: Instant,
+    ) -> ApiResult<String> {
+        let linearizable = !serializable && (st.role == Role::Leader || !self.config.stale_read);
+        if linearizable && st.role == Role::Leader {
+            // The lease is renewed by heartbeats; right after an election it may take one round.
+            loop {
+                let now = Instant::now();
+                let s = self.status.borrow().clone();
+                if s.role != Role::Leader || s.term != st.term {
+                    return Err(unavailable("Not leader"));
+                }
+                if s.is_confirmed_leader(now) {
+                    break;
+                }
+                if now >= deadline {
+                    return Err(unavailable("Leadership is not confirmed"));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        } else if linearizable {
+            let leader = st.leader.clone().ok_or_else(|| unavailable("Leader is unavailable"))?;
+            let mut req = Map::new();
+            req.insert("check_leader".into(), true.into());
+            req.insert("term".into(), st.term.into());
+            self.request(&leader, req, self.config.timeouts.forward).await.map_err(|e| match e {
+                PeerError::Unavailable(_) => unavailable("Leader is unavailable"),
+                e => unavailable(e.to_string()),
+            })?;
+        }
+        let _read = tokio::time::timeout_at(deadline, self.repl.gate.read())
+            .await
+            .map_err(|_| unavailable("Quorum not available"))?;
+        if shared.engine.has_held() {
+            // Uncommitted changes of a leader that died: nothing may be read until the next resync.
+            return Err(unavailable("Quorum not available"));
+        }
+        crate::http::local(shared, api, body).await
+    }
+
+    /// Forwards a request to the leader, keeping its answer: status code and message (antietcd turns every
+    /// error into 503).
+    async fn forward(&self, st: &ClusterStatus, api: Api, body: &Map<String, Value>) -> ApiResult<String> {
+        let leader = st.leader.clone().ok_or_else(|| unavailable("Leader is unavailable"))?;
+        let mut req = Map::new();
+        req.insert("handler".into(), api.name().into());
+        req.insert("request".into(), Value::Object(body.clone()));
+        req.insert("context".into(), json!({ "username": null }));
+        match self.request_value(&leader, req, self.config.timeouts.forward).await {
+            Ok(reply) => match reply.get("error") {
+                Some(e) if !e.is_null() => {
+                    let message = e.as_str().map_or_else(|| e.to_string(), str::to_owned);
+                    let status = reply
+                        .get("status")
+                        .and_then(Value::as_u64)
+                        .and_then(|s| u16::try_from(s).ok())
+                        .and_then(|s| StatusCode::from_u16(s).ok())
+                        .filter(|s| s.is_client_error() || s.is_server_error())
+                        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                    Err(ApiError::new(status, message))
+                }
+                _ => Ok(reply.to_string()),
+            },
+            Err(PeerError::Unavailable(_)) => Err(unavailable("Leader is unavailable")),
+            Err(e) => Err(unavailable(e.to_string())),
+        }
+    }
+}
+
+fn stopping() -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "Server is stopping")
+}
+
+// ---- The leader task ----------------------------------------------------------------------------------
+
+/// The write path of this node: resyncs followers when it becomes leader or they change, then runs
+/// batches of proposals; while not leader it refuses them (clients retry; followers forward).
+async fn run(cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<Proposal>, stopping: CancellationToken) {
+    let mut status = cluster.status();
+    let mut synced_for: Option<(Term, BTreeSet<NodeId>)> = None;
+    let mut backoff = Duration::from_millis(50);
+    let mut tick = tokio::time::interval(LEASE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let Some(shared) = cluster.repl.shared() else { return };
+        let st = status.borrow_and_update().clone();
+        if st.role != Role::Leader {
+            if synced_for.take().is_some() {
+                cluster.repl.tap.on.store(false, Ordering::Release);
+                cluster.repl.set_synced(None);
+            }
+            tokio::select! {
+                _ = stopping.cancelled() => return,
+                r = status.changed() => if r.is_err() { return },
+                Some(p) = inbox.recv() => answer(p, Err(unavailable("Not leader"))),
+            }
+            continue;
+        }
+        let key = (st.term, st.followers.clone().unwrap_or_default());
+        if synced_for.as_ref() != Some(&key) {
+            synced_for = None;
+            cluster.repl.set_synced(None);
+            cluster.repl.tap.on.store(false, Ordering::Release);
+            let result = tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = status.changed() => continue,
+                r = resync(&cluster, &shared, &st) => r,
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(target: "antietcd::cluster", "{}: leader synced at term {} with {:?}",
+                        cluster.config.node_id, st.term, key.1);
+                    shared.engine.refresh_leases();
+                    cluster.repl.tap.take();
+                    cluster.repl.tap.on.store(true, Ordering::Release);
+                    cluster.repl.set_synced(Some(st.term));
+                    synced_for = Some(key);
+                    backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    tracing::warn!(target: "antietcd::cluster", "{}: resync failed: {e}; retrying in {backoff:?}",
+                        cluster.config.node_id);
+                    tokio::select! {
+                        _ = stopping.cancelled() => return,
+                        _ = status.changed() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(cluster.config.raft.election_timeout);
+                }
+            }
+            continue;
+        }
+        let batch = tokio::select! {
+            _ = stopping.cancelled() => return,
+            r = status.changed() => { if r.is_err() { return } continue }
+            Some(first) = inbox.recv() => {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match inbox.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                batch
+            }
+            _ = tick.tick() => {
+                let expired = shared.engine.expired_leases();
+                if expired.is_empty() { continue }
+                expired.into_iter().map(|id| {
+                    let mut body = Map::new();
+                    body.insert("ID".into(), id.to_string().into());
+                    Proposal { api: Api::LeaseRevoke, body, reply: None }
+                }).collect()
+            }
+        };
+        if let Err(e) = run_batch(&cluster, &shared, &st, batch).await {
+            tracing::warn!(target: "antietcd::cluster", "{}: {e}; starting an election", cluster.config.node_id);
+            synced_for = None;
+            cluster.repl.tap.on.store(false, Ordering::Release);
+            cluster.repl.set_synced(None);
+            cluster.notify(Event::Campaign);
+        }
+    }
+}
+
+fn answer(p: Proposal, result: ApiResult<String>) {
+    if let Some(reply) = p.reply {
+        let _ = reply.send(result);
+    }
+}
+
+fn followers_of(cluster: &Cluster, st: &ClusterStatus) -> Vec<NodeId> {
+    st.followers.iter().flatten().filter(|id| **id != cluster.config.node_id).cloned().collect()
+}
+
+/// Applies, replicates and commits one batch. `Err` after a replication or disk failure: the batch's
+/// clients got 503 and its changes stay invisible.
+async fn run_batch(
+    cluster: &Arc<Cluster>,
+    shared: &Arc<Shared>,
+    st: &ClusterStatus,
+    batch: Vec<Proposal>,
+) -> Result<(), String> {
+    let peers = followers_of(cluster, st);
+    let gate = cluster.repl.gate.clone().write_owned().await;
+    let engine = &shared.engine;
+    let start = engine.revision();
+    cluster.repl.tap.take();
+    let mut results = Vec::with_capacity(batch.len());
+    let mut records: Vec<Record> = Vec::new();
+    for p in batch {
+        let result = crate::http::execute(shared, p.api, &p.body);
+        records.extend(cluster.repl.tap.take().into_iter().map(Record::Journal));
+        if let (Api::LeaseKeepalive, Ok(_)) = (p.api, &result) {
+            if let Ok(Some(id)) = lease_id(field(&p.body, "ID", "id"), "ID") {
+                if let Ok(info) = engine.lease_time_to_live(id, false) {
+                    records.push(Record::KeepAlive { id, ttl: info.granted_ttl });
+                }
+            }
+        }
+        results.push((p, result.map(|(value, _)| value.to_string())));
+    }
+    if records.is_empty() {
+        drop(gate);
+        for (p, r) in results {
+            answer(p, r);
+        }
+        return Ok(());
+    }
+    let last = engine.revision();
+    let messages = to_messages(&records, start, st.term);
+    let replicated = async {
+        let sends = peers
+            .iter()
+            .map(|peer| cluster.request_all(peer, &messages, cluster.config.timeouts.replication));
+        futures::future::join_all(sends).await.into_iter().zip(&peers).try_for_each(|(r, peer)| {
+            r.map_err(|e| match e {
+                PeerError::Unavailable(_) => format!("peer {peer} is unavailable"),
+                e => format!("replication to {peer} failed: {e}"),
+            })
+        })
+    };
+    let (replicated, on_disk) = tokio::join!(replicated, local_sync(shared, last));
+    if let Err(e) = replicated.and(on_disk) {
+        drop(gate);
+        let message = if e.contains("unavailable") {
+            "Peer connection is lost, please retry request"
+        } else {
+            "Replication failed, please retry request"
+        };
+        for (p, r) in results {
+            // A write that failed by itself changed nothing: its own error stands.
+            answer(p, r.and(Err(unavailable(message))));
+        }
+        return Err(e);
+    }
+    engine.release(last);
+    drop(gate);
+    for peer in &peers {
+        // antietcd followers drop their per-revision locks on `unlock`; ours publish on `commit`.
+        for r in &records {
+            if let Record::Journal(JournalRecord::Commit { revision, .. }) = r {
+                let _ = cluster.links.try_send(
+                    peer,
+                    json!({ "unlock": { "revision": revision }, "term": st.term }).to_string(),
+                );
+            }
+        }
+        let _ = cluster
+            .links
+            .try_send(peer, json!({ "commit": { "revision": last }, "term": st.term }).to_string());
+    }
+    for (p, r) in results {
+        answer(p, r);
+    }
+    Ok(())
+}
+
+/// The local durability barrier of a batch (write-ahead log, or antietcd's data file).
+async fn local_sync(shared: &Arc<Shared>, revision: Revision) -> Result<(), String> {
+    if shared.persist_interval {
+        return Ok(());
+    }
+    if let Some(d) = &shared.durable {
+        d.sync().await.map_err(|e| format!("the local log failed: {e}"))?;
+    }
+    if let Some(p) = &shared.persister {
+        p.sync(revision).await.map_err(|e| format!("the data file failed: {e}"))?;
+    }
+    Ok(())
+}
+
+/// What a batch replicates.
+#[derive(Debug)]
+enum Record {
+    Journal(JournalRecord<'static>),
+    KeepAlive { id: LeaseId, ttl: i64 },
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A key or value as antietcd replicates it (raw text); bytes that are not UTF-8 go base64 in `<name>_b64`,
+/// which our followers read (antietcd cannot store them anyway).
+fn put_bytes(m: &mut Map<String, Value>, name: &str, b: &[u8]) {
+    match std::str::from_utf8(b) {
+        Ok(s) => {
+            m.insert(name.into(), s.into());
+        }
+        Err(_) => {
+            m.insert(name.into(), String::from_utf8_lossy(b).into_owned().into());
+            m.insert(format!("{name}_b64"), base64::engine::general_purpose::STANDARD.encode(b).into());
+        }
+    }
+}
+
+/// Turns a batch's records into peer messages, in order: `replicate` (section 3.10) and `compact`.
+fn to_messages(records: &[Record], start: Revision, term: Term) -> Vec<Map<String, Value>> {
+    let mut out: Vec<Map<String, Value>> = Vec::new();
+    let mut revision = start;
+    // The message being built: (revision, events, leases, has events).
+    let mut current: Option<(Revision, Vec<Value>, Vec<Value>, bool)> = None;
+    let flush = |current: &mut Option<(Revision, Vec<Value>, Vec<Value>, bool)>,
+                 out: &mut Vec<Map<String, Value>>| {
+        if let Some((rev, events, leases, _)) = current.take() {
+            let mut r = Map::new();
+            r.insert("header".into(), json!({ "revision": rev }));
+            if !events.is_empty() {
+                r.insert("events".into(), Value::Array(events));
+            }
+            if !leases.is_empty() {
+                r.insert("leases".into(), Value::Array(leases));
+            }
+            let mut m = Map::new();
+            m.insert("replicate".into(), Value::Object(r));
+            m.insert("term".into(), term.into());
+            out.push(m);
+        }
+    };
+    for record in records {
+        match record {
+            Record::Journal(JournalRecord::Commit { revision: rev, events }) => {
+                flush(&mut current, &mut out);
+                revision = *rev;
+                let events = events
+                    .iter()
+                    .map(|e| {
+                        let mut m = Map::new();
+                        put_bytes(&mut m, "key", &e.kv.key);
+                        if e.kind == EventKind::Put {
+                            put_bytes(&mut m, "value", &e.kv.value);
+                            if let Some(l) = e.kv.lease {
+                                m.insert("lease".into(), l.to_string().into());
+                            }
+                            m.insert("create_revision".into(), e.kv.create_revision.into());
+                            m.insert("version".into(), e.kv.version.into());
+                        }
+                        m.insert("mod_revision".into(), (*rev).into());
+                        Value::Object(m)
+                    })
+                    .collect();
+                current = Some((*rev, events, Vec::new(), true));
+            }
+            Record::Journal(JournalRecord::LeaseRevoke { id }) => {
+                let item = json!({ "id": id.to_string() });
+                match &mut current {
+                    Some((_, _, leases, _)) => leases.push(item),
+                    None => current = Some((revision, Vec::new(), vec![item], false)),
+                }
+            }
+            Record::Journal(JournalRecord::LeaseGrant { id, ttl }) | Record::KeepAlive { id, ttl } => {
+                let item = json!({ "id": id.to_string(), "ttl": ttl, "expires": now_ms() + ttl * 1000 });
+                match &mut current {
+                    Some((_, _, leases, false)) => leases.push(item),
+                    _ => {
+                        flush(&mut current, &mut out);
+                        current = Some((revision, Vec::new(), vec![item], false));
+                    }
+                }
+            }
+            Record::Journal(JournalRecord::Compact { revision: rev }) => {
+                flush(&mut current, &mut out);
+                let mut m = Map::new();
+                m.insert("compact".into(), json!({ "revision": rev }));
+                m.insert("term".into(), term.into());
+                out.push(m);
+            }
+        }
+    }
+    flush(&mut current, &mut out);
+    out
+}
+
+/// antietcd's resync (section 5.3), without its faults: every follower's `dump` is fetched (a failure
+/// fails the resync, which is retried, instead of stalling it); the most advanced state (highest stored
+/// term, then highest revision) wins **as a whole** (no per-key merge that could resurrect deleted keys);
+/// every follower gets it with `load`, and every load must succeed.
+async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus) -> Result<(), String> {
+    let peers = followers_of(cluster, st);
+    let timeouts = cluster.config.timeouts;
+    let dumps = futures::future::join_all(peers.iter().map(|peer| {
+        let mut req = Map::new();
+        req.insert("dump".into(), json!({}));
+        req.insert("term".into(), st.term.into());
+        cluster.request_value(peer, req, timeouts.dump)
+    }))
+    .await;
+    let engine = &shared.engine;
+    let mut best: Option<(Term, Revision, &NodeId, Value)> = None;
+    for (peer, dump) in peers.iter().zip(dumps) {
+        let dump = dump.map_err(|e| format!("dump from {peer}: {e}"))?;
+        if let Some(e) = dump.get("error").filter(|e| !e.is_null()) {
+            return Err(format!("dump from {peer}: {e}"));
+        }
+        let term = dump.get("term").and_then(Value::as_u64).unwrap_or(0);
+        let revision = dump.get("mod_revision").and_then(Value::as_i64).unwrap_or(0);
+        if best.as_ref().is_none_or(|(t, r, _, _)| (term, revision) > (*t, *r)) {
+            best = Some((term, revision, peer, dump));
+        }
+    }
+    let own = (cluster.repl.stored_term(), engine.revision());
+    let mut changed = false;
+    if let Some((term, revision, peer, dump)) = best.filter(|(t, r, _, _)| (*t, *r) > own) {
+        let (snapshot, _) =
+            crate::persist::decode_dump(&dump).map_err(|e| format!("dump from {peer}: {e}"))?;
+        tracing::info!(target: "antietcd::cluster", "{}: taking the state of {peer} (term {term}, revision {revision})",
+            cluster.config.node_id);
+        let gate = cluster.repl.gate.clone().write_owned().await;
+        changed =
+            engine.load_replicated(&snapshot).map_err(|e| format!("loading the state of {peer}: {e}"))?;
+        drop(gate);
+    }
+    if changed {
+        if let Some(d) = &shared.durable {
+            d.checkpoint().await.map_err(|e| format!("checkpointing the loaded state: {e}"))?;
+        }
+    }
+    let snapshot = engine.snapshot().map_err(|e| e.to_string())?;
+    let dump: Value = serde_json::from_str(&crate::persist::encode_dump(&snapshot, st.term))
+        .map_err(|e| format!("encoding the dump: {e}"))?;
+    let loads = futures::future::join_all(peers.iter().map(|peer| {
+        let mut req = Map::new();
+        req.insert("load".into(), dump.clone());
+        req.insert("term".into(), st.term.into());
+        cluster.request(peer, req, timeouts.load)
+    }))
+    .await;
+    for (peer, r) in peers.iter().zip(loads) {
+        r.map_err(|e| format!("load to {peer}: {e}"))?;
+    }
+    cluster.repl.set_stored_term(st.term).await.map_err(|e| format!("persisting the synced term: {e}"))?;
+    // Our own uncommitted batches (if we were the most advanced) are now on every follower: committed.
+    engine.release(engine.revision());
+    for peer in &peers {
+        let _ = cluster.links.try_send(
+            peer,
+            json!({ "commit": { "revision": snapshot.revision }, "term": st.term }).to_string(),
+        );
+    }
+    Ok(())
+}
+
+// ---- Follower side ------------------------------------------------------------------------------------
+
+/// antietcd's F-check: the message comes from the leader of term `term`, and this node follows it. The
+/// leader's raft messages travel on the same socket but reach the election driver through a queue, so a
+/// brief wait lets the driver catch up.
+async fn check_leader_of(cluster: &Cluster, peer: &str, term: Option<u64>) -> Result<(), &'static str> {
+    let Some(term) = term else { return Err("raft leader/term mismatch") };
+    let mut status = cluster.status();
+    let ok =
+        |s: &ClusterStatus| s.role == Role::Follower && s.term == term && s.leader.as_deref() == Some(peer);
+    let waited = tokio::time::timeout(
+        Duration::from_millis(500),
+        // Settled when it matches, or when it never will (a newer term, or we lead this one).
+        status.wait_for(|s| ok(s) || s.term > term || (s.term == term && s.role == Role::Leader)),
+    )
+    .await;
+    match waited {
+        Ok(Ok(s)) if ok(&s) => Ok(()),
+        _ => Err("raft leader/term mismatch"),
+    }
+}
+
+fn reply_ok(request_id: Option<&Value>) -> String {
+    super::inbound::reply(request_id, json!({}))
+}
+
+fn reply_err(request_id: Option<&Value>, message: &str) -> String {
+    super::inbound::error_reply(request_id, message)
+}
+
+/// Handles the replication messages a leader sends to a follower, and forwarded requests on a leader.
+/// Called in order for each socket; replies that need the disk come later through `replier`.
+pub(crate) async fn on_peer_message(
+    cluster: &Arc<Cluster>,
+    peer: &str,
+    kind: &str,
+    obj: &Map<String, Value>,
+    replier: &mpsc::Sender<String>,
+) -> Vec<String> {
+    let request_id = obj.get("request_id");
+    let Some(shared) = cluster.repl.shared() else {
+        return vec![reply_err(request_id, "Server is stopping")];
+    };
+    let term = obj.get("term").and_then(Value::as_u64);
+    let repl = &cluster.repl;
+    match kind {
+        "handler" => {
+            let name = obj.get("handler").and_then(Value::as_str).unwrap_or_default();
+            let body = obj.get("request").and_then(Value::as_object).cloned().unwrap_or_default();
+            let Some(api) = Api::from_handler(name) else {
+                return vec![reply_err(request_id, &format!("unknown handler {name:?}"))];
+            };
+            let (cluster, replier, request_id) = (cluster.clone(), replier.clone(), request_id.cloned());
+            shared.tracker.clone().spawn(async move {
+                let result = match api {
+                    Api::Status | Api::Dump => crate::http::local(&shared, api, &body).await,
+                    _ => cluster.route(&shared, api, &body, true).await,
+                };
+                let reply = match result {
+                    Ok(text) => match serde_json::from_str::<Value>(&text) {
+                        Ok(v) => super::inbound::reply(request_id.as_ref(), v),
+                        Err(e) => reply_err(request_id.as_ref(), &format!("bad local answer: {e}")),
+                    },
+                    Err(e) => super::inbound::reply(
+                        request_id.as_ref(),
+                        json!({ "error": e.message, "status": e.status.as_u16() }),
+                    ),
+                };
+                let _ = replier.send(reply).await;
+            });
+            Vec::new()
+        }
+        "dump" => {
+            if let Err(e) = check_leader_of(cluster, peer, term).await {
+                return vec![reply_err(request_id, e)];
+            }
+            match shared.engine.snapshot() {
+                Ok(snap) => {
+                    let dump = crate::persist::encode_dump(&snap, repl.stored_term());
+                    match serde_json::from_str::<Value>(&dump) {
+                        Ok(v) => vec![super::inbound::reply(request_id, v)],
+                        Err(e) => vec![reply_err(request_id, &e.to_string())],
+                    }
+                }
+                Err(e) => vec![reply_err(request_id, &e.to_string())],
+            }
+        }
+        "load" => {
+            if let Err(e) = check_leader_of(cluster, peer, term).await {
+                return vec![reply_err(request_id, e)];
+            }
+            let Some(term) = term else { return vec![reply_err(request_id, "raft leader/term mismatch")] };
+            let snapshot = match obj.get("load").map(crate::persist::decode_dump) {
+                Some(Ok((s, _))) => s,
+                Some(Err(e)) => return vec![reply_err(request_id, &format!("bad load: {e}"))],
+                None => return vec![reply_err(request_id, "bad load")],
+            };
+            repl.set_synced(None);
+            let old_guard = {
+                let mut f = repl.follower();
+                f.leader_commits = false;
+                f.guard.take()
+            };
+            // Keep readers out while the state is replaced.
+            let guard = match old_guard {
+                Some(g) => g,
+                None => repl.gate.clone().write_owned().await,
+            };
+            let changed = match shared.engine.load_replicated(&snapshot) {
+                Ok(c) => c,
+                Err(e) => return vec![reply_err(request_id, &e.to_string())],
+            };
+            if changed {
+                if let Some(d) = &shared.durable {
+                    if let Err(e) = d.checkpoint().await {
+                        return vec![reply_err(request_id, &format!("checkpointing the loaded state: {e}"))];
+                    }
+                }
+            }
+            if let Err(e) = repl.set_stored_term(term).await {
+                return vec![reply_err(request_id, &format!("persisting the synced term: {e}"))];
+            }
+            drop(guard);
+            repl.set_synced(Some(term));
+            vec![reply_ok(request_id)]
+        }
+        "replicate" => {
+            if let Err(e) = check_leader_of(cluster, peer, term).await {
+                return vec![reply_err(request_id, e)];
+            }
+            if *repl.synced.borrow() != term {
+                return vec![reply_err(request_id, "not synced in this term")];
+            }
+            let change = match obj.get("replicate").map(parse_replicate) {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => return vec![reply_err(request_id, &format!("bad replicate: {e}"))],
+                None => return vec![reply_err(request_id, "bad replicate")],
+            };
+            let commits = repl.follower().leader_commits;
+            if commits && repl.follower().guard.is_none() {
+                let guard = repl.gate.clone().write_owned().await;
+                repl.follower().guard = Some(guard);
+            }
+            if let Err(e) = shared.engine.apply_replicated(&change) {
+                return vec![reply_err(request_id, &e.to_string())];
+            }
+            if !commits {
+                shared.engine.release(shared.engine.revision());
+            }
+            let revision = shared.engine.revision();
+            if shared.persist_interval || (shared.durable.is_none() && shared.persister.is_none()) {
+                return vec![reply_ok(request_id)];
+            }
+            let (replier, request_id, shared) = (replier.clone(), request_id.cloned(), shared.clone());
+            shared.tracker.clone().spawn(async move {
+                let reply = match local_sync(&shared, revision).await {
+                    Ok(()) => reply_ok(request_id.as_ref()),
+                    Err(e) => reply_err(request_id.as_ref(), &e),
+                };
+                let _ = replier.send(reply).await;
+            });
+            Vec::new()
+        }
+        "commit" => {
+            if check_leader_of(cluster, peer, term).await.is_ok() {
+                let revision = obj.get("commit").and_then(|c| c.get("revision")).and_then(Value::as_i64);
+                if let Some(revision) = revision {
+                    shared.engine.release(revision);
+                    let mut f = repl.follower();
+                    f.leader_commits = true;
+                    if revision >= shared.engine.revision() {
+                        f.guard = None;
+                    }
+                }
+            }
+            Vec::new()
+        }
+        "compact" => {
+            if let Err(e) = check_leader_of(cluster, peer, term).await {
+                return vec![reply_err(request_id, e)];
+            }
+            if let Some(revision) = obj.get("compact").and_then(|c| c.get("revision")).and_then(Value::as_i64)
+            {
+                // Already compacted further, or not there yet: nothing to do either way.
+                let _ = shared.engine.compact(revision);
+            }
+            vec![reply_ok(request_id)]
+        }
+        "unlock" => {
+            if let Err(e) = check_leader_of(cluster, peer, term).await {
+                return vec![reply_err(request_id, e)];
+            }
+            // Our followers publish on `commit`; antietcd leaders' per-revision locks mean nothing here.
+            if request_id.is_some() {
+                vec![reply_ok(request_id)]
+            } else {
+                Vec::new()
+            }
+        }
+        other => vec![reply_err(request_id, &format!("unknown peer message {other}"))],
+    }
+}
+
+/// Parses a `replicate` payload (section 3.10, plus our exact counters and `_b64` bytes).
+fn parse_replicate(v: &Value) -> Result<ReplicatedChange, String> {
+    let obj = v.as_object().ok_or("not an object")?;
+    let revision = obj
+        .get("header")
+        .and_then(|h| h.get("revision"))
+        .and_then(|r| r.as_i64().or_else(|| r.as_str().and_then(|s| s.parse().ok())))
+        .ok_or("no header.revision")?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bytes = |m: &Map<String, Value>, name: &str| -> Result<Option<Bytes>, String> {
+        if let Some(s) = m.get(&format!("{name}_b64")).and_then(Value::as_str) {
+            return b64.decode(s).map(|b| Some(b.into())).map_err(|e| format!("{name}_b64: {e}"));
+        }
+        Ok(match m.get(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(Bytes::from(s.clone().into_bytes())),
+            // antietcd's embedded API can store any JSON value: keep its text.
+            Some(other) => Some(Bytes::from(other.to_string().into_bytes())),
+        })
+    };
+    let lease = |v: Option<&Value>| -> Result<Option<LeaseId>, String> {
+        lease_id(v.filter(|v| !v.is_null()), "lease").map_err(|e| e.message)
+    };
+    let mut change = ReplicatedChange { revision, ..Default::default() };
+    if let Some(leases) = obj.get("leases") {
+        for l in leases.as_array().ok_or("leases should be an array")? {
+            let l = l.as_object().ok_or("a lease should be an object")?;
+            let id = lease(l.get("id"))?.ok_or("a lease without id")?;
+            let ttl =
+                l.get("ttl").and_then(|t| t.as_i64().or_else(|| t.as_str().and_then(|s| s.parse().ok())));
+            change.leases.push((id, ttl.filter(|t| *t > 0)));
+        }
+    }
+    if let Some(events) = obj.get("events") {
+        for e in events.as_array().ok_or("events should be an array")? {
+            let e = e.as_object().ok_or("an event should be an object")?;
+            let key = bytes(e, "key")?.filter(|k| !k.is_empty()).ok_or("an event without key")?;
+            change.events.push(ReplicatedEvent {
+                key,
+                value: bytes(e, "value")?,
+                lease: lease(e.get("lease"))?,
+                create_revision: e.get("create_revision").and_then(Value::as_i64),
+                version: e.get("version").and_then(Value::as_i64),
+            });
+        }
+    }
+    Ok(change)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Event, KeyValue};
+
+    fn put(key: &str, value: &str, rev: Revision) -> Event {
+        Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: Bytes::from(key.to_owned()),
+                value: Bytes::from(value.to_owned()),
+                create_revision: rev,
+                mod_revision: rev,
+                version: 1,
+                lease: Some(LeaseId(0x2a)),
+            },
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn messages_round_trip_through_the_follower_parser() {
+        let records = vec![
+            Record::Journal(JournalRecord::LeaseGrant { id: LeaseId(0x2a), ttl: 10 }),
+            Record::Journal(JournalRecord::Commit { revision: 5, events: vec![put("/a", "1", 5)].into() }),
+            Record::Journal(JournalRecord::LeaseRevoke { id: LeaseId(7) }),
+            Record::KeepAlive { id: LeaseId(0x2a), ttl: 10 },
+            Record::Journal(JournalRecord::Compact { revision: 3 }),
+        ];
+        let messages = to_messages(&records, 4, 9);
+        assert_eq!(messages.len(), 4, "{messages:?}");
+        assert_eq!(messages[0]["replicate"]["header"]["revision"], 4);
+        assert_eq!(messages[0]["term"], 9);
+        let grant = parse_replicate(&messages[0]["replicate"]).unwrap();
+        assert_eq!(grant.leases, vec![(LeaseId(0x2a), Some(10))]);
+        let commit = parse_replicate(&messages[1]["replicate"]).unwrap();
+        assert_eq!(commit.revision, 5);
+        assert_eq!(commit.leases, vec![(LeaseId(7), None)]);
+        assert_eq!(commit.events.len(), 1);
+        assert_eq!(commit.events[0].value.as_deref(), Some(&b"1"[..]));
+        assert_eq!(commit.events[0].lease, Some(LeaseId(0x2a)));
+        assert_eq!(commit.events[0].create_revision, Some(5));
+        let keepalive = parse_replicate(&messages[2]["replicate"]).unwrap();
+        assert_eq!(keepalive.revision, 5);
+        assert_eq!(keepalive.leases, vec![(LeaseId(0x2a), Some(10))]);
+        assert_eq!(messages[3]["compact"]["revision"], 3);
+    }
+
+    #[test]
+    fn binary_keys_travel_as_base64() {
+        let mut e = put("x", "y", 2);
+        e.kv.key = Bytes::from_static(&[0xff, 0x00]);
+        e.kv.value = Bytes::from_static(&[0xfe]);
+        let records = vec![Record::Journal(JournalRecord::Commit { revision: 2, events: vec![e].into() })];
+        let m = to_messages(&records, 1, 1);
+        let c = parse_replicate(&m[0]["replicate"]).unwrap();
+        assert_eq!(&c.events[0].key[..], &[0xff, 0x00]);
+        assert_eq!(c.events[0].value.as_deref(), Some(&[0xfe][..]));
+    }
+
+    #[test]
+    fn bad_payloads_are_errors_not_panics() {
+        for bad in [
+            json!(null),
+            json!({}),
+            json!({"header": {"revision": 1}, "events": 5}),
+            json!({"header": {"revision": 1}, "events": [{"value": "x"}]}),
+            json!({"header": {"revision": 1}, "leases": [{"ttl": 5}]}),
+            json!({"header": {"revision": 1}, "events": [{"key": "a", "lease": "zz"}]}),
+        ] {
+            assert!(parse_replicate(&bad).is_err(), "{bad}");
+        }
+    }
+}
