@@ -1,0 +1,592 @@
+//! Cluster benchmark, ratios measured in one run on one machine (issue 5's performance targets):
+//! - write throughput of a 3-node cluster of our `antietcd` binary relative to one node: 32 keep-alive
+//!   HTTP/1.1 clients doing `/v3/kv/put` (1,000 keys, 20-byte values, each put a new value), spread over the
+//!   three nodes (followers forward to the leader) and all on the leader; in memory and with `--data_dir`
+//!   (target: 3 nodes >= 40% of one node). The same for Node antietcd 1.3.1 side by side (with `--data` for
+//!   its persistence, the only mode it has);
+//! - failover: the time from SIGKILL of the leader to the first successful put through a surviving node,
+//!   for ours and for Node's (target for ours: <= election_timeout + 1 s; the election timeout used is
+//!   printed).
+//!
+//! Run: `cargo bench -p antietcd --bench cluster` (`-- --quick` for short runs, `-- --election_timeout MS`
+//! for other timings: heartbeat is a fifth of it, leadership the mean of the two). Every server is its own
+//! process (ours: the `antietcd` binary; Node: `.cache/node/node_modules/.bin/antietcd`, installed by
+//! `bash .ci/install-peers`; without it the Node column is skipped); the load generator runs here. On a
+//! 2-core machine the three nodes and the load generator share the CPUs, so the ratios say how much the
+//! cluster costs per write on the same hardware, not how it scales across machines.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use base64::Engine as _;
+use common::free_port;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const CLIENTS: usize = 32;
+const KEYS: usize = 1000;
+/// How long one request may take before the client counts an error and reconnects.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn b64(s: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Which server implementation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Impl {
+    Ours,
+    Node,
+}
+
+impl Impl {
+    fn binary(self) -> Option<PathBuf> {
+        match self {
+            Impl::Ours => Some(PathBuf::from(env!("CARGO_BIN_EXE_antietcd"))),
+            Impl::Node => {
+                let bin = common::node_dir().join("node_modules/.bin/antietcd");
+                bin.exists().then_some(bin)
+            }
+        }
+    }
+
+    /// The persistence flag and its value for a node whose state lives under `dir`.
+    fn data_args(self, dir: &Path) -> [String; 2] {
+        match self {
+            Impl::Ours => ["--data_dir".into(), dir.display().to_string()],
+            Impl::Node => ["--data".into(), dir.join("data.json.gz").display().to_string()],
+        }
+    }
+}
+
+/// The cluster timings (milliseconds), the same for both implementations.
+#[derive(Clone, Copy)]
+struct Timings {
+    election: u64,
+    heartbeat: u64,
+    leadership: u64,
+}
+
+impl Timings {
+    fn new(election: u64) -> Timings {
+        let heartbeat = (election / 5).max(1);
+        Timings { election, heartbeat, leadership: (election + heartbeat) / 2 }
+    }
+}
+
+/// One server process on 127.0.0.1, killed (SIGKILL) on drop.
+struct Proc {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(bin: &Path, port: u16, args: &[String]) -> Proc {
+    let child = Command::new(bin)
+        .args(["--port", &port.to_string(), "--ip", "127.0.0.1"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    Proc { child, port }
+}
+
+/// A fresh, empty directory for one configuration's data.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("antietcd-bench-cluster-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A single node of `imp`, persisted under `data` if given.
+fn single(imp: Impl, data: Option<&Path>) -> Proc {
+    let mut args = Vec::new();
+    if imp == Impl::Ours {
+        args.extend(["--max_connections".to_owned(), "100000".to_owned()]);
+    }
+    if let Some(d) = data {
+        args.extend(imp.data_args(d));
+    }
+    spawn(&imp.binary().unwrap(), free_port(), &args)
+}
+
+/// Three nodes of `imp` on 127.0.0.1 (n1..n3), each persisted under `data/nI` if given.
+fn cluster(imp: Impl, data: Option<&Path>, t: Timings) -> Vec<Proc> {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let spec = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("n{}=http://127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    (0..3)
+        .map(|i| {
+            let mut args: Vec<String> = vec![
+                "--node_id".into(),
+                format!("n{}", i + 1),
+                "--cluster".into(),
+                spec.clone(),
+                "--cluster_key".into(),
+                "bench".into(),
+                "--election_timeout".into(),
+                t.election.to_string(),
+                "--heartbeat_timeout".into(),
+                t.heartbeat.to_string(),
+                // Always explicit: Node computes the default by concatenating strings.
+                "--leadership_timeout".into(),
+                t.leadership.to_string(),
+                "--reconnect_interval".into(),
+                "100".into(),
+            ];
+            if imp == Impl::Ours {
+                args.extend(["--max_connections".to_owned(), "100000".to_owned()]);
+            }
+            if let Some(d) = data {
+                let dir = d.join(format!("n{}", i + 1));
+                std::fs::create_dir_all(&dir).unwrap();
+                args.extend(imp.data_args(&dir));
+            }
+            spawn(&imp.binary().unwrap(), ports[i], &args)
+        })
+        .collect()
+}
+
+/// A minimal keep-alive HTTP/1.1 client: one request at a time, reads the response by Content-Length.
+struct Conn {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn new(port: u16) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(("127.0.0.1", port)).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        Ok(Conn { reader: BufReader::new(r), writer: w, buf: Vec::new() })
+    }
+
+    /// POSTs `body`; the status and the response body.
+    async fn post(&mut self, path: &str, body: &str) -> std::io::Result<(u16, &[u8])> {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.writer.write_all(req.as_bytes()).await?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        self.buf.resize(len, 0);
+        self.reader.read_exact(&mut self.buf).await?;
+        Ok((status, &self.buf))
+    }
+
+    /// A put of `value` at key number `key`, within [`REQUEST_TIMEOUT`]; the status (0: failed).
+    async fn put(&mut self, key: usize, value: u64) -> u16 {
+        let body = format!(
+            r#"{{"key":"{}","value":"{}"}}"#,
+            b64(format!("/bench/key{key:04}").as_bytes()),
+            b64(format!("{value:020}").as_bytes())
+        );
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.post("/v3/kv/put", &body)).await {
+            Ok(Ok((status, _))) => status,
+            _ => 0,
+        }
+    }
+}
+
+/// One POST on a fresh connection: the status and the body (as JSON, or a JSON string of its text);
+/// `None` on any failure.
+async fn post_once(port: u16, path: &str, body: &str) -> Option<(u16, Value)> {
+    let attempt = async {
+        let mut c = Conn::new(port).await.ok()?;
+        let (status, text) = c.post(path, body).await.ok()?;
+        let body = serde_json::from_slice(text)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).trim().to_owned()));
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten()
+}
+
+/// Waits until `/v3/maintenance/status` answers on every port.
+async fn wait_up(procs: &[Proc]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for p in procs {
+        while post_once(p.port, "/v3/maintenance/status", "{}").await.is_none() {
+            assert!(Instant::now() < deadline, "the server on port {} did not start", p.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Waits until the live nodes agree on one leader (`raftState`, `leader`, `raftTerm` of the status);
+/// returns its index in `procs`.
+async fn wait_leader(procs: &[Proc], live: &[usize], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut statuses = Vec::new();
+        for &i in live {
+            if let Some((200, v)) = post_once(procs[i].port, "/v3/maintenance/status", "{}").await {
+                statuses.push((i, v));
+            }
+        }
+        if statuses.len() == live.len() {
+            let leaders: Vec<_> = statuses.iter().filter(|(_, s)| s["raftState"] == "leader").collect();
+            if let [(l, ls)] = leaders[..] {
+                let id = &ls["header"]["member_id"];
+                if statuses.iter().all(|(_, s)| s["leader"] == *id && s["raftTerm"] == ls["raftTerm"]) {
+                    return *l;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no agreed leader within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until a put through each of `ports` succeeds; the last failure otherwise (the measurement then
+/// runs anyway and counts errors).
+async fn wait_writable(ports: &[u16], within: Duration) -> Option<String> {
+    let deadline = Instant::now() + within;
+    for &port in ports {
+        loop {
+            let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(b"/bench/ready"), b64(b"1"));
+            match post_once(port, "/v3/kv/put", &body).await {
+                Some((200, _)) => break,
+                other if Instant::now() >= deadline => {
+                    let why = other.map_or_else(|| "no answer".to_owned(), |(s, b)| format!("{s} {b}"));
+                    return Some(format!("port {port} was not writable within {within:?}: {why}"));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    None
+}
+
+/// Fills the key space once through `port`, so every measured put overwrites a key.
+async fn fill(port: u16) {
+    let Ok(mut c) = Conn::new(port).await else { return };
+    for i in 0..KEYS {
+        c.put(i, i as u64).await;
+    }
+}
+
+/// Successful puts per second and the number of failed ones, with [`CLIENTS`] clients, client `c` on
+/// `ports[c % ports.len()]`, for `secs`.
+async fn put_rate(ports: &[u16], secs: f64) -> (f64, u64) {
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (ok, errors, next) = (ok.clone(), errors.clone(), next.clone());
+            let port = ports[c % ports.len()];
+            tokio::spawn(async move {
+                let mut conn = None;
+                let mut i = c * 7919;
+                while Instant::now() < deadline {
+                    let c = match conn.as_mut() {
+                        Some(c) => c,
+                        None => match Conn::new(port).await {
+                            Ok(c) => conn.insert(c),
+                            Err(_) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                        },
+                    };
+                    i = i.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    match c.put(i % KEYS, next.fetch_add(1, Ordering::Relaxed)).await {
+                        200 => ok.fetch_add(1, Ordering::Relaxed),
+                        0 => {
+                            conn = None;
+                            errors.fetch_add(1, Ordering::Relaxed)
+                        }
+                        _ => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (ok.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(), errors.load(Ordering::Relaxed))
+}
+
+/// One throughput figure: puts/s, failed puts, and a note if the servers were not writable before.
+#[derive(Clone, Debug)]
+struct Rate {
+    per_sec: f64,
+    errors: u64,
+    note: Option<String>,
+}
+
+impl Rate {
+    fn missing() -> Rate {
+        Rate { per_sec: f64::NAN, errors: 0, note: None }
+    }
+
+    fn cell(&self, single: Option<&Rate>) -> String {
+        if self.per_sec.is_nan() {
+            return "-".into();
+        }
+        let mut s = format!("{:.0}", self.per_sec);
+        if let Some(single) = single {
+            s += &format!(" ({:.0}%)", 100.0 * self.per_sec / single.per_sec);
+        }
+        if self.errors > 0 {
+            s += &format!(" [{} failed]", self.errors);
+        }
+        s
+    }
+}
+
+/// Single-node throughput of `imp`, in memory or persisted.
+async fn single_rate(imp: Impl, durable: bool, secs: f64) -> Rate {
+    if imp.binary().is_none() {
+        return Rate::missing();
+    }
+    let dir = durable.then(|| scratch(&format!("{imp:?}-single")));
+    let p = single(imp, dir.as_deref());
+    wait_up(std::slice::from_ref(&p)).await;
+    let note = wait_writable(&[p.port], Duration::from_secs(20)).await;
+    fill(p.port).await;
+    let (per_sec, errors) = put_rate(&[p.port], secs).await;
+    drop(p);
+    if let Some(d) = dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    Rate { per_sec, errors, note }
+}
+
+/// 3-node throughput of `imp` with the clients spread over all three nodes, then all on the leader.
+async fn cluster_rates(imp: Impl, durable: bool, t: Timings, secs: f64) -> (Rate, Rate) {
+    if imp.binary().is_none() {
+        return (Rate::missing(), Rate::missing());
+    }
+    let dir = durable.then(|| scratch(&format!("{imp:?}-cluster")));
+    let procs = cluster(imp, dir.as_deref(), t);
+    wait_up(&procs).await;
+    let leader = wait_leader(&procs, &[0, 1, 2], Duration::from_secs(30)).await;
+    let all: Vec<u16> = procs.iter().map(|p| p.port).collect();
+    let note = wait_writable(&all, Duration::from_secs(20)).await;
+    fill(procs[leader].port).await;
+    let (per_sec, errors) = put_rate(&all, secs).await;
+    let spread = Rate { per_sec, errors, note };
+    let leader = wait_leader(&procs, &[0, 1, 2], Duration::from_secs(30)).await;
+    let note = wait_writable(&[procs[leader].port], Duration::from_secs(20)).await;
+    let (per_sec, errors) = put_rate(&[procs[leader].port], secs).await;
+    let on_leader = Rate { per_sec, errors, note };
+    drop(procs);
+    if let Some(d) = dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    (spread, on_leader)
+}
+
+/// SIGKILL the leader of a fresh 3-node cluster of `imp` (in memory) and time the first successful put
+/// through either survivor (both are tried continuously, each on its own connection).
+async fn failover(imp: Impl, t: Timings) -> Option<Duration> {
+    imp.binary()?;
+    let mut procs = cluster(imp, None, t);
+    wait_up(&procs).await;
+    let leader = wait_leader(&procs, &[0, 1, 2], Duration::from_secs(30)).await;
+    if let Some(note) = wait_writable(&[procs[leader].port], Duration::from_secs(20)).await {
+        eprintln!("failover {imp:?}: {note}");
+    }
+    // Let the cluster settle (followers synced, connections warm) before the fault.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let survivors: Vec<u16> = (0..3).filter(|&i| i != leader).map(|i| procs[i].port).collect();
+    let _ = procs[leader].child.kill(); // SIGKILL
+    let killed = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Instant>(2);
+    let deadline = killed + Duration::from_secs(30);
+    let tasks: Vec<_> = survivors
+        .into_iter()
+        .map(|port| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut conn = None;
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let c = match conn.as_mut() {
+                        Some(c) => c,
+                        None => match Conn::new(port).await {
+                            Ok(c) => conn.insert(c),
+                            Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                        },
+                    };
+                    n += 1;
+                    match c.put(0, n).await {
+                        200 => {
+                            let _ = tx.send(Instant::now()).await;
+                            return;
+                        }
+                        0 => conn = None,
+                        _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let first = rx.recv().await;
+    for task in tasks {
+        task.abort();
+    }
+    drop(procs);
+    first.map(|at| at - killed)
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or_else(|| "none within 30 s".to_owned(), |d| format!("{} ms", d.as_millis()))
+}
+
+fn median(mut v: Vec<Duration>) -> Option<Duration> {
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let election = args
+        .iter()
+        .position(|a| a == "--election_timeout" || a == "--election-timeout")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse::<u64>().expect("--election_timeout takes milliseconds"))
+        .unwrap_or(1000);
+    let t = Timings::new(election);
+    let secs = if quick { 1.0 } else { 3.0 };
+    let trials = if quick { 1 } else { 3 };
+    let _ = rlimit::increase_nofile_limit(100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let node_present = Impl::Node.binary().is_some();
+        println!(
+            "# antietcd cluster benchmark ({}): {CLIENTS} keep-alive HTTP/1.1 clients doing /v3/kv/put, {KEYS} keys, 20-byte values, {secs} s per row",
+            if quick { "quick" } else { "full" }
+        );
+        println!(
+            "# cluster timings (ours and Node): election_timeout {} ms, heartbeat_timeout {} ms, leadership_timeout {} ms",
+            t.election, t.heartbeat, t.leadership
+        );
+        if !node_present {
+            println!(
+                "# Node antietcd 1.3.1 missing (bash .ci/install-peers, or npm install --prefix {} antietcd@1.3.1): its column is skipped",
+                common::node_dir().display()
+            );
+        }
+        println!("{:<60} {:>28} {:>22}", "write throughput, puts/s (% of one node)", "ours", "Node 1.3.1");
+        let mut notes = Vec::new();
+        let mut ratios = Vec::new();
+        for durable in [false, true] {
+            let storage = if durable { "--data_dir (Node: --data)" } else { "memory" };
+            let single_ours = single_rate(Impl::Ours, durable, secs).await;
+            let single_node = single_rate(Impl::Node, durable, secs).await;
+            println!(
+                "{:<60} {:>28} {:>22}",
+                format!("1 node, {storage}"),
+                single_ours.cell(None),
+                single_node.cell(None)
+            );
+            let (spread_ours, leader_ours) = cluster_rates(Impl::Ours, durable, t, secs).await;
+            let (spread_node, leader_node) = cluster_rates(Impl::Node, durable, t, secs).await;
+            let rows = [
+                ("clients on all 3", &spread_ours, &spread_node),
+                ("clients on the leader", &leader_ours, &leader_node),
+            ];
+            for (what, o, n) in rows {
+                println!(
+                    "{:<60} {:>28} {:>22}",
+                    format!("3 nodes, {storage}, {what}"),
+                    o.cell(Some(&single_ours)),
+                    n.cell(Some(&single_node))
+                );
+                ratios.push((format!("{storage}, {what}"), o.per_sec / single_ours.per_sec));
+            }
+            for (who, r) in [
+                ("ours 1 node", &single_ours),
+                ("Node 1 node", &single_node),
+                ("ours 3 nodes spread", &spread_ours),
+                ("ours 3 nodes leader", &leader_ours),
+                ("Node 3 nodes spread", &spread_node),
+                ("Node 3 nodes leader", &leader_node),
+            ] {
+                if let Some(n) = &r.note {
+                    notes.push(format!("{who}, {storage}: {n}"));
+                }
+            }
+        }
+        for n in &notes {
+            println!("# note: {n}");
+        }
+        for (what, r) in &ratios {
+            let verdict = if *r >= 0.4 { "met" } else { "NOT met" };
+            println!("target ours 3 nodes >= 40% of 1 node ({what}): {:.0}% {verdict}", 100.0 * r);
+        }
+        println!(
+            "failover: SIGKILL of the leader -> first successful put through a survivor (election_timeout {} ms; target for ours <= {} ms)",
+            t.election,
+            t.election + 1000
+        );
+        for imp in [Impl::Ours, Impl::Node] {
+            if imp.binary().is_none() {
+                continue;
+            }
+            let mut times = Vec::new();
+            let mut cells = Vec::new();
+            for _ in 0..trials {
+                let d = failover(imp, t).await;
+                cells.push(ms(d));
+                times.extend(d);
+            }
+            let med = if times.len() == trials { median(times) } else { None };
+            let verdict = match (imp, med) {
+                (Impl::Ours, Some(m)) if m <= Duration::from_millis(t.election + 1000) => " (target met)",
+                (Impl::Ours, _) => " (target NOT met)",
+                _ => "",
+            };
+            println!("{:<6} {} | median {}{verdict}", format!("{imp:?}"), cells.join(", "), ms(med));
+        }
+    });
+}
