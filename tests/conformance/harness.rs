@@ -182,6 +182,8 @@ impl Harness for OurServer {
 pub struct AntietcdCluster {
     base: String,
     children: Vec<std::process::Child>,
+    /// Each node's output, removed when the harness drops.
+    logs: Vec<std::path::PathBuf>,
 }
 
 #[cfg(feature = "etcd")]
@@ -204,7 +206,25 @@ impl AntietcdCluster {
         bin
     }
 
+    /// Starts the cluster and waits until it has a leader followed by all three nodes. Ports are picked
+    /// free and then released, so another process may take one before its node binds it: a node that exits
+    /// while starting makes the whole cluster start again on other ports (at most three times).
     pub async fn start() -> Arc<dyn Harness> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match Self::try_start().await {
+                Ok(harness) => return Arc::new(harness),
+                Err(why) if attempts < 3 => {
+                    eprintln!("antietcd cluster: {why}; starting again on other ports")
+                }
+                Err(why) => panic!("the antietcd cluster did not start ({attempts} attempts): {why}"),
+            }
+        }
+    }
+
+    async fn try_start() -> Result<AntietcdCluster, String> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         let ports: Vec<u16> = (0..3)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
             .collect();
@@ -212,8 +232,22 @@ impl AntietcdCluster {
             ports.iter().enumerate().map(|(i, p)| format!("n{}=http://127.0.0.1:{p}", i + 1)).collect();
         let cluster = cluster.join(",");
         let bin = Self::binary();
-        let mut children = Vec::new();
+        let run = NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut harness = AntietcdCluster {
+            base: format!(
+                "antietcd://{}",
+                ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+            ),
+            children: Vec::new(),
+            logs: Vec::new(),
+        };
         for (i, port) in ports.iter().enumerate() {
+            let log = std::env::temp_dir().join(format!(
+                "valkeyrie-conformance-{}-{run}-n{}.log",
+                std::process::id(),
+                i + 1
+            ));
+            let file = std::fs::File::create(&log).unwrap();
             let child = std::process::Command::new(&bin)
                 .args(["--ip", "127.0.0.1", "--port", &port.to_string(), "--node_id", &format!("n{}", i + 1)])
                 .args(["--cluster", &cluster, "--cluster_key", "conformance", "--stale_read", "0"])
@@ -227,22 +261,22 @@ impl AntietcdCluster {
                 ])
                 .args(["--reconnect_interval", "100"])
                 .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-            children.push(child);
+            harness.children.push(child);
+            harness.logs.push(log);
         }
-        let harness = AntietcdCluster {
-            base: format!(
-                "antietcd://{}",
-                ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
-            ),
-            children,
-        };
         // Ready once every node names the same leader and that leader counts all three as followers.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
+            for (i, child) in harness.children.iter_mut().enumerate() {
+                if let Ok(Some(exit)) = child.try_wait() {
+                    let log = std::fs::read_to_string(&harness.logs[i]).unwrap_or_default();
+                    return Err(format!("node n{} exited with {exit}: {}", i + 1, log.trim()));
+                }
+            }
             let mut statuses = Vec::new();
             for port in &ports {
                 statuses.push(status(*port).await.unwrap_or_default());
@@ -252,16 +286,14 @@ impl AntietcdCluster {
                 let named = format!(r#""leader":"n{}""#, l + 1);
                 let all = statuses[l].contains(r#""followers":["n1","n2","n3"]"#);
                 if all && statuses.iter().all(|s| s.contains(&named)) {
-                    break;
+                    return Ok(harness);
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the antietcd cluster elected no leader: {statuses:#?}"
-            );
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("no leader followed by all three within 30 s: {statuses:#?}"));
+            }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        Arc::new(harness)
     }
 }
 
@@ -285,6 +317,9 @@ impl Drop for AntietcdCluster {
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        for log in &self.logs {
+            let _ = std::fs::remove_file(log);
         }
     }
 }
