@@ -665,7 +665,68 @@ async fn mixed_clusters_with_node_antietcd_elect_one_leader() {
             .collect();
         let (leader, term) = proc_agreed(&procs, &[0, 1, 2], 0, Duration::from_secs(20)).await;
         eprintln!("{ours} of ours + {} Node: leader {leader} at term {term}", 3 - ours);
+        // Replication both ways: a write through every member reaches every member.
+        for (i, p) in procs.iter().enumerate() {
+            put_retrying(&p.url, &format!("/mixed/{i}"), &format!("v{i}")).await;
+        }
+        let all: Vec<&str> = procs.iter().map(|p| p.url.as_str()).collect();
+        let expected: Vec<(String, String)> =
+            (0..3).map(|i| (format!("/mixed/{i}"), format!("v{i}"))).collect();
+        wait_for_keys(&all, "/mixed/", &expected).await;
         tokio::time::sleep(Duration::from_secs(3)).await; // observation window, not ordering
-        assert_eq!(proc_agreed(&procs, &[0, 1, 2], 0, Duration::from_secs(2)).await, (leader, term));
+        assert_eq!(proc_agreed(&procs, &[0, 1, 2], 0, Duration::from_secs(2)).await, (leader.clone(), term));
+        // The leader dies: the other two (whatever their kind) elect one, keep the data and take writes.
+        let l = index(&leader);
+        let mut procs = procs;
+        procs[l].child.kill().unwrap();
+        let _ = procs[l].child.wait();
+        let live: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+        let (new_leader, _) = proc_agreed(&procs, &live, term, Duration::from_secs(20)).await;
+        eprintln!("after killing {leader}: leader {new_leader}");
+        put_retrying(&procs[live[0]].url, "/mixed/after", "x").await;
+        let mut expected = expected;
+        expected.push(("/mixed/after".into(), "x".into()));
+        expected.sort();
+        let urls: Vec<&str> = live.iter().map(|i| procs[*i].url.as_str()).collect();
+        wait_for_keys(&urls, "/mixed/", &expected).await;
+    }
+}
+
+/// Puts until the cluster takes it (503 while it elects or syncs), for at most 20 s.
+async fn put_retrying(url: &str, key: &str, value: &str) {
+    let body = json!({"key": b64(key), "value": b64(value)}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, text) = post(url, "/v3/kv/put", &body).await;
+        if code == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "put {key} through {url}: {code} {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every node in `urls` lists exactly `expected` under `prefix` (at most 10 s).
+async fn wait_for_keys(urls: &[&str], prefix: &str, expected: &[(String, String)]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for url in urls {
+        loop {
+            let body =
+                json!({"key": b64(prefix), "range_end": b64(&format!("{}0", prefix.trim_end_matches('/')))});
+            let (code, text) = post(url, "/v3/kv/range", &body.to_string()).await;
+            let mut got: Vec<(String, String)> = Vec::new();
+            if code == 200 {
+                let r: Value = serde_json::from_str(&text).unwrap();
+                for kv in r["kvs"].as_array().into_iter().flatten() {
+                    got.push((unb64(&kv["key"]), unb64(&kv["value"])));
+                }
+                got.sort();
+            }
+            if got == expected {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{url} has {got:?} ({code}), expected {expected:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -348,6 +348,13 @@ async fn run(cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<Proposal>, stoppin
         if synced_for.as_ref() != Some(&key) {
             synced_for = None;
             cluster.repl.set_synced(None);
+            {
+                // A follower's hold on the gate (changes its old leader never committed) ends here: this
+                // node's batches need the gate, and the resync decides the fate of those changes.
+                let mut f = cluster.repl.follower();
+                f.guard = None;
+                f.leader_commits = false;
+            }
             cluster.repl.tap.on.store(false, Ordering::Release);
             let result = tokio::select! {
                 _ = stopping.cancelled() => return,
