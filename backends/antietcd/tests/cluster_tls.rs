@@ -19,6 +19,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "secret";
 
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
 /// PEM files: `peer-ca` signs n1..n3 (the legitimate peers), `other-ca` signs `rogue` (trusted by the
 /// nodes' `--ca` for clients, so its TLS handshake succeeds, but not a peer), `unknown-ca` signs
 /// `stranger` (trusted by nothing). Every leaf is valid for 127.0.0.1 as server and client.
@@ -165,11 +170,11 @@ async fn never_followed_by(rxs: &[watch::Receiver<ClusterStatus>], outsiders: &[
 }
 
 /// Three HTTPS nodes with `--peer_ca` connect over `wss://`, authenticate each other by certificate and
-/// cluster key, and elect one leader followed by all three.
+/// cluster key, elect one leader followed by all three, and replicate a write made through a follower.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_tls_nodes_elect_one_leader() {
     let pki = Pki::generate("three");
-    let (ls, spec, _) = listeners().await;
+    let (ls, spec, urls) = listeners().await;
     let mut nodes = Vec::new();
     for (i, l) in ls.into_iter().enumerate() {
         nodes.push(Node::with_listener(secure(&pki, &format!("n{}", i + 1), &spec), l).await.unwrap());
@@ -184,6 +189,34 @@ async fn three_tls_nodes_elect_one_leader() {
         s.iter().all(|x| x.connected.len() == 2).then_some(())
     })
     .await;
+    // Replication travels over the wss:// links: a write through a follower (HTTPS, no client certificate)
+    // is forwarded to the leader and reaches every node.
+    let tls = antietcd::tls::client_config(Some(&pki.cert("peer-ca")), None).unwrap();
+    let http = reqwest::Client::builder().use_preconfigured_tls((*tls).clone()).build().unwrap();
+    let l = leader.node_id.trim_start_matches('n').parse::<usize>().unwrap() - 1;
+    let put = json!({"key": b64("/tls"), "value": b64("v")}).to_string();
+    let r = http.post(format!("{}/v3/kv/put", urls[(l + 1) % 3])).body(put).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for url in &urls {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let body = json!({"key": b64("/tls")}).to_string();
+            let r: Value = http
+                .post(format!("{url}/v3/kv/range"))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if r["kvs"][0]["value"] == b64("v") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{url} does not have the write: {r}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     // The leader stays: no re-election over a few election timeouts.
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let again = agreed(&snapshot(&rxs)).expect("still one leader");
