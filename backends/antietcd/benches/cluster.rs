@@ -13,7 +13,11 @@
 //! process (ours: the `antietcd` binary; Node: `.cache/node/node_modules/.bin/antietcd`, installed by
 //! `bash .ci/install-peers`; without it the Node column is skipped); the load generator runs here. On a
 //! 2-core machine the three nodes and the load generator share the CPUs, so the ratios say how much the
-//! cluster costs per write on the same hardware, not how it scales across machines.
+//! cluster costs per write on the same hardware, not how it scales across machines. The single node and the
+//! cluster of one implementation run side by side and are measured in turns (3 rounds of 2 s each), so
+//! that other load on the machine weighs on both alike; the load average is printed before and after. The
+//! last column is the servers' CPU time per successful put (user + system, every process of the
+//! configuration together, ours|Node): what a write costs, whatever else the machine was doing.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -106,6 +110,26 @@ fn spawn(bin: &Path, port: u16, args: &[String]) -> Proc {
     Proc { child, port }
 }
 
+/// The CPU seconds (user + system) `procs` have used so far, from `/proc/<pid>/stat` (0 where unreadable).
+fn cpu_secs(procs: &[Proc]) -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output().ok();
+        out.and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
+    });
+    procs
+        .iter()
+        .map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.child.id())).unwrap_or_default();
+            // Fields after the command name (which is in parentheses): state is field 3, utime 14, stime 15.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (field(14) + field(15)) / ticks
+        })
+        .sum()
+}
+
 /// A fresh, empty directory for one configuration's data.
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("antietcd-bench-cluster-{}-{name}", std::process::id()));
@@ -121,6 +145,7 @@ fn single(imp: Impl, data: Option<&Path>) -> Proc {
         args.extend(["--max_connections".to_owned(), "100000".to_owned()]);
     }
     if let Some(d) = data {
+        std::fs::create_dir_all(d).unwrap();
         args.extend(imp.data_args(d));
     }
     spawn(&imp.binary().unwrap(), free_port(), &args)
@@ -303,9 +328,9 @@ async fn fill(port: u16) {
     }
 }
 
-/// Successful puts per second and the number of failed ones, with [`CLIENTS`] clients, client `c` on
+/// Successful puts, failed puts and the seconds measured, with [`CLIENTS`] clients, client `c` on
 /// `ports[c % ports.len()]`, for `secs`.
-async fn put_rate(ports: &[u16], secs: f64) -> (f64, u64) {
+async fn put_rate(ports: &[u16], secs: f64) -> (u64, u64, f64) {
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let next = Arc::new(AtomicU64::new(0));
@@ -346,29 +371,58 @@ async fn put_rate(ports: &[u16], secs: f64) -> (f64, u64) {
     for t in tasks {
         t.await.unwrap();
     }
-    (ok.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(), errors.load(Ordering::Relaxed))
+    (ok.load(Ordering::Relaxed), errors.load(Ordering::Relaxed), start.elapsed().as_secs_f64())
 }
 
-/// One throughput figure: puts/s, failed puts, and a note if the servers were not writable before.
-#[derive(Clone, Debug)]
+/// One throughput figure: successful and failed puts over the measured time, and a note if the servers
+/// were not writable before the measurement.
+#[derive(Clone, Debug, Default)]
 struct Rate {
-    per_sec: f64,
+    ok: u64,
     errors: u64,
+    secs: f64,
+    /// CPU seconds (user + system) the server processes used while measured.
+    cpu: f64,
     note: Option<String>,
 }
 
 impl Rate {
     fn missing() -> Rate {
-        Rate { per_sec: f64::NAN, errors: 0, note: None }
+        Rate::default()
+    }
+
+    /// Successful puts per second (NaN if nothing was measured).
+    fn per_sec(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.ok as f64 / self.secs
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// Adds one measurement of [`put_rate`].
+    fn add(&mut self, (ok, errors, secs): (u64, u64, f64), cpu: f64) {
+        self.ok += ok;
+        self.errors += errors;
+        self.secs += secs;
+        self.cpu += cpu;
+    }
+
+    /// Server CPU microseconds per successful put, all processes of the configuration together.
+    fn cpu_per_put(&self) -> String {
+        if self.ok == 0 {
+            return "-".into();
+        }
+        format!("{:.0}", self.cpu * 1e6 / self.ok as f64)
     }
 
     fn cell(&self, single: Option<&Rate>) -> String {
-        if self.per_sec.is_nan() {
+        if self.per_sec().is_nan() {
             return "-".into();
         }
-        let mut s = format!("{:.0}", self.per_sec);
-        if let Some(single) = single {
-            s += &format!(" ({:.0}%)", 100.0 * self.per_sec / single.per_sec);
+        let mut s = format!("{:.0}", self.per_sec());
+        if let Some(single) = single.filter(|r| r.per_sec() > 0.0) {
+            s += &format!(" ({:.0}%)", 100.0 * self.per_sec() / single.per_sec());
         }
         if self.errors > 0 {
             s += &format!(" [{} failed]", self.errors);
@@ -377,47 +431,47 @@ impl Rate {
     }
 }
 
-/// Single-node throughput of `imp`, in memory or persisted.
-async fn single_rate(imp: Impl, durable: bool, secs: f64) -> Rate {
+/// Throughput of `imp` on one node, on three with the clients spread over all of them (followers forward to
+/// the leader) and on three with every client on the leader, in memory or persisted. The single node and
+/// the cluster run side by side (idle while not measured) and the three configurations are measured in
+/// turns, `rounds` times `secs` each, so that load from elsewhere on the machine weighs on all three alike.
+async fn rates(imp: Impl, durable: bool, t: Timings, secs: f64, rounds: usize) -> [Rate; 3] {
     if imp.binary().is_none() {
-        return Rate::missing();
+        return [Rate::missing(), Rate::missing(), Rate::missing()];
     }
-    let dir = durable.then(|| scratch(&format!("{imp:?}-single")));
-    let p = single(imp, dir.as_deref());
-    wait_up(std::slice::from_ref(&p)).await;
-    let note = wait_writable(&[p.port], Duration::from_secs(20)).await;
-    fill(p.port).await;
-    let (per_sec, errors) = put_rate(&[p.port], secs).await;
-    drop(p);
+    let dir = durable.then(|| scratch(&format!("{imp:?}")));
+    let one = single(imp, dir.as_ref().map(|d| d.join("single")).as_deref());
+    let three = cluster(imp, dir.as_ref().map(|d| d.join("cluster")).as_deref(), t);
+    wait_up(std::slice::from_ref(&one)).await;
+    wait_up(&three).await;
+    let leader = wait_leader(&three, &[0, 1, 2], Duration::from_secs(30)).await;
+    let all: Vec<u16> = three.iter().map(|p| p.port).collect();
+    let mut out = [Rate::default(), Rate::default(), Rate::default()];
+    out[0].note = wait_writable(&[one.port], Duration::from_secs(20)).await;
+    out[1].note = wait_writable(&all, Duration::from_secs(20)).await;
+    fill(one.port).await;
+    fill(three[leader].port).await;
+    for _ in 0..rounds {
+        let cpu = cpu_secs(std::slice::from_ref(&one));
+        let r = put_rate(&[one.port], secs).await;
+        out[0].add(r, cpu_secs(std::slice::from_ref(&one)) - cpu);
+        let cpu = cpu_secs(&three);
+        let r = put_rate(&all, secs).await;
+        out[1].add(r, cpu_secs(&three) - cpu);
+        let leader = wait_leader(&three, &[0, 1, 2], Duration::from_secs(30)).await;
+        if let Some(note) = wait_writable(&[three[leader].port], Duration::from_secs(20)).await {
+            out[2].note = Some(note);
+        }
+        let cpu = cpu_secs(&three);
+        let r = put_rate(&[three[leader].port], secs).await;
+        out[2].add(r, cpu_secs(&three) - cpu);
+    }
+    drop(one);
+    drop(three);
     if let Some(d) = dir {
         let _ = std::fs::remove_dir_all(d);
     }
-    Rate { per_sec, errors, note }
-}
-
-/// 3-node throughput of `imp` with the clients spread over all three nodes, then all on the leader.
-async fn cluster_rates(imp: Impl, durable: bool, t: Timings, secs: f64) -> (Rate, Rate) {
-    if imp.binary().is_none() {
-        return (Rate::missing(), Rate::missing());
-    }
-    let dir = durable.then(|| scratch(&format!("{imp:?}-cluster")));
-    let procs = cluster(imp, dir.as_deref(), t);
-    wait_up(&procs).await;
-    let leader = wait_leader(&procs, &[0, 1, 2], Duration::from_secs(30)).await;
-    let all: Vec<u16> = procs.iter().map(|p| p.port).collect();
-    let note = wait_writable(&all, Duration::from_secs(20)).await;
-    fill(procs[leader].port).await;
-    let (per_sec, errors) = put_rate(&all, secs).await;
-    let spread = Rate { per_sec, errors, note };
-    let leader = wait_leader(&procs, &[0, 1, 2], Duration::from_secs(30)).await;
-    let note = wait_writable(&[procs[leader].port], Duration::from_secs(20)).await;
-    let (per_sec, errors) = put_rate(&[procs[leader].port], secs).await;
-    let on_leader = Rate { per_sec, errors, note };
-    drop(procs);
-    if let Some(d) = dir {
-        let _ = std::fs::remove_dir_all(d);
-    }
-    (spread, on_leader)
+    out
 }
 
 /// SIGKILL the leader of a fresh 3-node cluster of `imp` (in memory) and time the first successful put
@@ -496,53 +550,58 @@ fn main() {
         .map(|v| v.parse::<u64>().expect("--election_timeout takes milliseconds"))
         .unwrap_or(1000);
     let t = Timings::new(election);
-    let secs = if quick { 1.0 } else { 3.0 };
+    let (secs, rounds) = if quick { (1.0, 1) } else { (2.0, 3) };
     let trials = if quick { 1 } else { 3 };
     let _ = rlimit::increase_nofile_limit(100_000);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let node_present = Impl::Node.binary().is_some();
+        let loadavg = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned();
         println!(
-            "# antietcd cluster benchmark ({}): {CLIENTS} keep-alive HTTP/1.1 clients doing /v3/kv/put, {KEYS} keys, 20-byte values, {secs} s per row",
+            "# antietcd cluster benchmark ({}): {CLIENTS} keep-alive HTTP/1.1 clients doing /v3/kv/put, {KEYS} keys, 20-byte values, {rounds} x {secs} s per row, rows measured in turns",
             if quick { "quick" } else { "full" }
         );
         println!(
             "# cluster timings (ours and Node): election_timeout {} ms, heartbeat_timeout {} ms, leadership_timeout {} ms",
             t.election, t.heartbeat, t.leadership
         );
+        println!("# load average before: {}", loadavg());
         if !node_present {
             println!(
                 "# Node antietcd 1.3.1 missing (bash .ci/install-peers, or npm install --prefix {} antietcd@1.3.1): its column is skipped",
                 common::node_dir().display()
             );
         }
-        println!("{:<60} {:>28} {:>22}", "write throughput, puts/s (% of one node)", "ours", "Node 1.3.1");
+        println!(
+            "{:<60} {:>28} {:>22} {:>16}",
+            "write throughput, puts/s (% of one node)", "ours", "Node 1.3.1", "CPU µs/put o|N"
+        );
         let mut notes = Vec::new();
         let mut ratios = Vec::new();
         for durable in [false, true] {
             let storage = if durable { "--data_dir (Node: --data)" } else { "memory" };
-            let single_ours = single_rate(Impl::Ours, durable, secs).await;
-            let single_node = single_rate(Impl::Node, durable, secs).await;
+            let [single_ours, spread_ours, leader_ours] = rates(Impl::Ours, durable, t, secs, rounds).await;
+            let [single_node, spread_node, leader_node] = rates(Impl::Node, durable, t, secs, rounds).await;
             println!(
-                "{:<60} {:>28} {:>22}",
+                "{:<60} {:>28} {:>22} {:>16}",
                 format!("1 node, {storage}"),
                 single_ours.cell(None),
-                single_node.cell(None)
+                single_node.cell(None),
+                format!("{}|{}", single_ours.cpu_per_put(), single_node.cpu_per_put())
             );
-            let (spread_ours, leader_ours) = cluster_rates(Impl::Ours, durable, t, secs).await;
-            let (spread_node, leader_node) = cluster_rates(Impl::Node, durable, t, secs).await;
             let rows = [
                 ("clients on all 3", &spread_ours, &spread_node),
                 ("clients on the leader", &leader_ours, &leader_node),
             ];
             for (what, o, n) in rows {
                 println!(
-                    "{:<60} {:>28} {:>22}",
+                    "{:<60} {:>28} {:>22} {:>16}",
                     format!("3 nodes, {storage}, {what}"),
                     o.cell(Some(&single_ours)),
-                    n.cell(Some(&single_node))
+                    n.cell(Some(&single_node)),
+                    format!("{}|{}", o.cpu_per_put(), n.cpu_per_put())
                 );
-                ratios.push((format!("{storage}, {what}"), o.per_sec / single_ours.per_sec));
+                ratios.push((format!("{storage}, {what}"), o.per_sec() / single_ours.per_sec()));
             }
             for (who, r) in [
                 ("ours 1 node", &single_ours),
@@ -588,5 +647,6 @@ fn main() {
             };
             println!("{:<6} {} | median {}{verdict}", format!("{imp:?}"), cells.join(", "), ms(med));
         }
+        println!("# load average after: {}", loadavg());
     });
 }
