@@ -241,8 +241,9 @@ fn percent_decode(s: &str) -> std::result::Result<String, String> {
 /// `leadership_timeout` (with a unit: `500ms`, `5s`; antietcd's defaults 5s, 1s and their mean) and
 /// `stale_read` (default `false`: every member serves linearizable reads; `true`: followers answer reads
 /// from their own copy, which may be behind). Members talk plain HTTP. Closing or dropping the store
-/// shuts the node down. While no leader is known (the cluster starting, an election) calls fail with
-/// [`Error::NotReachable`] (transient): retry them. Needs the `etcd` feature (the client).
+/// shuts the node down. While no leader is known (the cluster starting, an election) a member holds a call
+/// for up to 2 s and then refuses it, and the client tries the next member; when none can serve it, the
+/// call fails with [`Error::NotReachable`] (transient): retry it. Needs the `etcd` feature (the client).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -356,6 +357,10 @@ async fn open_member(
 async fn open_member(_: antietcd::ServerConfig, _: Vec<String>, _: &str) -> Result<Arc<dyn Store>> {
     Err(Error::FeatureNotEnabled { scheme: "embedded", feature: "etcd" })
 }
+
+/// How long a member's node holds a call while it knows no synced leader (antietcd's `wait_quorum_timeout`,
+/// 30 s by default), in milliseconds.
+const MEMBER_WAIT_QUORUM_MS: u64 = 2000;
 
 /// The cluster parameters of `embedded://…?cluster=…`, checked.
 #[derive(Debug)]
@@ -530,6 +535,10 @@ impl ClusterMember {
             heartbeat_timeout: self.heartbeat.unwrap_or(defaults.heartbeat_timeout),
             leadership_timeout: self.leadership,
             stale_read: self.stale_read,
+            // While the node knows no synced leader it holds a call at most this long, then answers 503: well
+            // within the client's 5 s request timeout, so that the client moves on to another member instead
+            // of timing out on this one (a timeout is not failed over).
+            wait_quorum_timeout: MEMBER_WAIT_QUORUM_MS,
             ..config
         };
         if let Err(e) = antietcd::ClusterConfig::from_server(&config) {
