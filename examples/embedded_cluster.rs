@@ -21,16 +21,16 @@ const IDS: [&str; 3] = ["n1", "n2", "n3"];
 /// The ports of the three-process mode.
 const FIXED_PORTS: [u16; 3] = [23791, 23792, 23793];
 
-/// The store URL of member `id` in a cluster on `ports`.
-fn member_url(id: &str, ports: &[u16; 3]) -> String {
+/// The store URL of member `id` in a cluster on `ports` whose members share `key`.
+fn member_url(id: &str, ports: &[u16; 3], key: &str) -> String {
     let cluster: Vec<String> =
         IDS.iter().zip(ports).map(|(id, port)| format!("{id}=http://127.0.0.1:{port}")).collect();
     let index = IDS.iter().position(|i| *i == id).unwrap_or(0);
     format!(
-        "embedded://?node_id={id}&cluster={}&cluster_key=example-secret&listen=127.0.0.1:{}\
+        "embedded://?node_id={id}&cluster={}&cluster_key={key}&listen=127.0.0.1:{}\
          &election_timeout=1s&heartbeat_timeout=200ms&leadership_timeout=600ms",
         cluster.join(","),
-        ports[index]
+        ports[index],
     )
 }
 
@@ -123,10 +123,12 @@ async fn in_one_process() -> Result<(), Box<dyn std::error::Error>> {
     for port in &mut ports {
         *port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     }
+    // A key of this run's own: no other cluster's node can join, even on reused ports.
+    let key = format!("example-{}", std::process::id());
     let mut stores = Vec::new();
     for (id, port) in IDS.iter().zip(ports) {
         println!("{id}: starting a member on 127.0.0.1:{port}");
-        stores.push(valkeyrie::open(&member_url(id, &ports)).await?);
+        stores.push(valkeyrie::open(&member_url(id, &ports, &key)).await?);
     }
     ready("n1", &*stores[0]).await?;
     // The third member watches the election; each member takes a turn as leader.
@@ -150,7 +152,7 @@ async fn in_one_process() -> Result<(), Box<dyn std::error::Error>> {
 /// Member `id` of a cluster of three processes on 127.0.0.1:23791..23793.
 async fn one_of_three_processes(id: &str) -> Result<(), Box<dyn std::error::Error>> {
     println!("{id}: starting a member; start the two others with the other ids");
-    let store = valkeyrie::open(&member_url(id, &FIXED_PORTS)).await?;
+    let store = valkeyrie::open(&member_url(id, &FIXED_PORTS, "example-secret")).await?;
     ready(id, &*store).await?;
     let observer = tokio::spawn(observe(id.to_owned(), store.clone(), IDS.len()));
     take_a_turn(id, store.clone()).await?;

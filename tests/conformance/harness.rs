@@ -233,6 +233,9 @@ impl AntietcdCluster {
         let cluster = cluster.join(",");
         let bin = Self::binary();
         let run = NEXT.fetch_add(1, Ordering::Relaxed);
+        // A key of its own: a node of another cluster that reaches one of these ports (ports are reused
+        // quickly) is refused instead of joining as the node whose id it shares.
+        let key = format!("conformance-{}-{run}", std::process::id());
         let mut harness = AntietcdCluster {
             base: format!(
                 "antietcd://{}",
@@ -250,7 +253,7 @@ impl AntietcdCluster {
             let file = std::fs::File::create(&log).unwrap();
             let child = std::process::Command::new(&bin)
                 .args(["--ip", "127.0.0.1", "--port", &port.to_string(), "--node_id", &format!("n{}", i + 1)])
-                .args(["--cluster", &cluster, "--cluster_key", "conformance", "--stale_read", "0"])
+                .args(["--cluster", &cluster, "--cluster_key", &key, "--stale_read", "0"])
                 .args([
                     "--election_timeout",
                     "1000",
