@@ -685,6 +685,67 @@ impl Engine {
         }
     }
 
+    /// The committed and held batches after `revision`, for a follower at `revision` to catch up from;
+    /// `None` if history no longer reaches back there (or `revision` is ahead of this node).
+    pub(crate) fn batches_after(&self, revision: Revision) -> Option<Vec<Arc<WatchBatch>>> {
+        let st = self.state();
+        if revision > st.revision || (revision < st.revision && revision + 1 < st.compact_revision) {
+            return None;
+        }
+        Some(st.history.iter().chain(st.held.iter()).filter(|b| b.revision > revision).cloned().collect())
+    }
+
+    /// Every lease and its TTL, by id.
+    pub(crate) fn lease_table(&self) -> Vec<(LeaseId, i64)> {
+        let st = self.state();
+        let mut t: Vec<(LeaseId, i64)> = st.leases.iter().map(|(id, l)| (*id, l.ttl)).collect();
+        t.sort();
+        t
+    }
+
+    /// Makes the lease table exactly `table` (a follower catching up): leases missing from it are dropped
+    /// (their keys stay, detached), the others get their TTL afresh. Journaled.
+    pub(crate) fn set_lease_table(&self, table: &[(LeaseId, i64)]) -> Result<(), Error> {
+        let mut guard = self.state();
+        guard.check_open()?;
+        let st = &mut *guard;
+        let wanted: HashMap<LeaseId, i64> =
+            table.iter().map(|(id, ttl)| (*id, (*ttl).clamp(1, MAX_LEASE_TTL))).collect();
+        let gone: Vec<LeaseId> = st.leases.keys().filter(|id| !wanted.contains_key(id)).copied().collect();
+        for id in gone {
+            if let Some(j) = &st.journal {
+                j.record(&JournalRecord::LeaseRevoke { id }).map_err(Error::Journal)?;
+            }
+            if let Some(l) = st.leases.remove(&id) {
+                st.expiry.remove(&(l.expires, id));
+                for key in l.keys {
+                    if let Some(e) = st.kv.get_mut(&key[..]) {
+                        e.lease = None;
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        for (id, ttl) in wanted {
+            if let Some(j) = &st.journal {
+                j.record(&JournalRecord::LeaseGrant { id, ttl }).map_err(Error::Journal)?;
+            }
+            let expires = now + Duration::from_secs(ttl as u64);
+            match st.leases.get_mut(&id) {
+                Some(l) => {
+                    st.expiry.remove(&(l.expires, id));
+                    l.ttl = ttl;
+                    l.expires = expires;
+                }
+                None => {
+                    st.leases.insert(id, Lease { ttl, expires, keys: BTreeSet::new() });
+                }
+            }
+            st.expiry.insert((expires, id));
+        }
+        Ok(())
+    }
+
     /// Applies a change replicated by the leader: logged (journal) first, then applied; watchers see it
     /// per the hold setting. The change's revision must be after this node's (a gap means the leader's
     /// revisions skip, as antietcd's lease grants make them; a repeat or a step back is refused).

@@ -52,8 +52,8 @@ pub(super) fn error_reply(request_id: Option<&Value>, message: &str) -> String {
     reply(request_id, serde_json::json!({ "error": message }))
 }
 
-/// The peer message kinds, in antietcd's dispatch order (then ours: `commit`).
-const KINDS: [&str; 11] = [
+/// The peer message kinds, in antietcd's dispatch order (then ours: `commit`, `resume`).
+const KINDS: [&str; 12] = [
     "raft",
     "identify",
     "dump",
@@ -65,6 +65,7 @@ const KINDS: [&str; 11] = [
     "unlock",
     "check_leader",
     "commit",
+    "resume",
 ];
 
 impl Inbound {

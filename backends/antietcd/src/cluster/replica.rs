@@ -6,8 +6,10 @@
 //!   gate exclusively, applies each write to the engine (which holds the resulting watch batches back),
 //!   sends the changes as `replicate` messages to **every** follower in order, waits for all of them and for
 //!   its own disk, and only then publishes the batches to watchers, lets readers in again, tells followers
-//!   `commit`, and answers the clients. A failure answers 503, leaves the batch invisible, and starts an
-//!   election; the next resync decides whether the batch survives (it does if the winner has it).
+//!   `commit`, and answers the clients. A failure answers 503, leaves the batch invisible, and resyncs
+//!   (which decides whether the batch survives: it does if the winner has it). A follower whose link is
+//!   down holds writes back (queued, up to `wait_quorum_timeout`) until it is back or the election engine
+//!   drops it from the followers; only a resync failing for two election timeouts starts an election.
 //! * **Follower.** Applies `replicate` messages in order (logged through the engine's journal), holding the
 //!   read gate from the first uncommitted change until the leader's `commit`, so local readers never see a
 //!   change the leader has not committed. Writes received from clients are forwarded to the leader.
@@ -215,7 +217,7 @@ impl Cluster {
                 Role::Candidate if nowait => return Err(unavailable("Quorum not available")),
                 _ if is_synced && st.role != Role::Candidate => {
                     if st.role == Role::Leader && api.writes() {
-                        return self.propose(api, body.clone()).await;
+                        return self.propose(api, body.clone(), deadline).await;
                     }
                     return self.read(shared, &st, api, body, serializable, deadline).await;
                 }
@@ -232,10 +234,14 @@ impl Cluster {
     }
 
     /// Hands a write to the leader task and waits for its answer.
-    async fn propose(&self, api: Api, body: Map<String, Value>) -> ApiResult<String> {
+    async fn propose(&self, api: Api, body: Map<String, Value>, deadline: Instant) -> ApiResult<String> {
         let (tx, rx) = oneshot::channel();
         self.repl.proposals.send(Proposal { api, body, reply: Some(tx) }).await.map_err(|_| stopping())?;
-        rx.await.map_err(|_| stopping())?
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(r) => r.map_err(|_| stopping())?,
+            // Still queued (the leader is resyncing): dropping the receiver keeps it from being applied.
+            Err(_) => Err(unavailable("Quorum not available")),
+        }
     }
 
     /// A read on a synced node: on the leader under a confirmed lease, on a follower after `check_leader`
@@ -327,6 +333,8 @@ async fn run(cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<Proposal>, stoppin
     let mut status = cluster.status();
     let mut synced_for: Option<(Term, BTreeSet<NodeId>)> = None;
     let mut backoff = Duration::from_millis(50);
+    // Since when resyncs keep failing: past two election timeouts, start an election (antietcd's remedy).
+    let mut failing_since: Option<Instant> = None;
     let mut tick = tokio::time::interval(LEASE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -371,10 +379,16 @@ async fn run(cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<Proposal>, stoppin
                     cluster.repl.set_synced(Some(st.term));
                     synced_for = Some(key);
                     backoff = Duration::from_millis(50);
+                    failing_since = None;
                 }
                 Err(e) => {
                     tracing::warn!(target: "antietcd::cluster", "{}: resync failed: {e}; retrying in {backoff:?}",
                         cluster.config.node_id);
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > 2 * cluster.config.raft.election_timeout {
+                        failing_since = None;
+                        cluster.notify(Event::Campaign);
+                    }
                     tokio::select! {
                         _ = stopping.cancelled() => return,
                         _ = status.changed() => {}
@@ -383,6 +397,12 @@ async fn run(cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<Proposal>, stoppin
                     backoff = (backoff * 2).min(cluster.config.raft.election_timeout);
                 }
             }
+            continue;
+        }
+        if followers_of(&cluster, &st).iter().any(|peer| cluster.links.get(peer).is_none()) {
+            // A follower's link is down: it has missed (or would miss) changes. Resync, which waits until
+            // the link is back or the election engine drops that follower, rather than fail writes.
+            synced_for = None;
             continue;
         }
         let batch = tokio::select! {
@@ -409,11 +429,12 @@ async fn run(cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<Proposal>, stoppin
             }
         };
         if let Err(e) = run_batch(&cluster, &shared, &st, batch).await {
-            tracing::warn!(target: "antietcd::cluster", "{}: {e}; starting an election", cluster.config.node_id);
+            // No election here (antietcd starts one): a dead or stopped follower leaves the followers
+            // within the leader lease, and the resync that follows settles the failed batch.
+            tracing::warn!(target: "antietcd::cluster", "{}: {e}; resyncing", cluster.config.node_id);
             synced_for = None;
             cluster.repl.tap.on.store(false, Ordering::Release);
             cluster.repl.set_synced(None);
-            cluster.notify(Event::Campaign);
         }
     }
 }
@@ -444,6 +465,9 @@ async fn run_batch(
     let mut results = Vec::with_capacity(batch.len());
     let mut records: Vec<Record> = Vec::new();
     for p in batch {
+        if p.reply.as_ref().is_some_and(|r| r.is_closed()) {
+            continue; // Its client gave up (and was told 503): better not to apply it at all.
+        }
         let result = crate::http::execute(shared, p.api, &p.body);
         records.extend(cluster.repl.tap.take().into_iter().map(Record::Journal));
         if let (Api::LeaseKeepalive, Ok(_)) = (p.api, &result) {
@@ -627,62 +651,118 @@ fn to_messages(records: &[Record], start: Revision, term: Term) -> Vec<Map<Strin
     out
 }
 
-/// antietcd's resync (section 5.3), without its faults: every follower's `dump` is fetched (a failure
-/// fails the resync, which is retried, instead of stalling it); the most advanced state (highest stored
-/// term, then highest revision) wins **as a whole** (no per-key merge that could resurrect deleted keys);
-/// every follower gets it with `load`, and every load must succeed.
+/// What a follower told the leader about its state at the start of a resync.
+struct PeerState {
+    term: Term,
+    revision: Revision,
+    /// The full dump (antietcd nodes always send one; ours send a summary when asked).
+    dump: Option<Value>,
+}
+
+fn peer_state(peer: &str, reply: Result<Value, PeerError>) -> Result<PeerState, String> {
+    let dump = reply.map_err(|e| format!("dump from {peer}: {e}"))?;
+    if let Some(e) = dump.get("error").filter(|e| !e.is_null()) {
+        return Err(format!("dump from {peer}: {e}"));
+    }
+    let term = dump.get("term").and_then(Value::as_u64).unwrap_or(0);
+    let revision = dump.get("mod_revision").and_then(Value::as_i64).unwrap_or(0);
+    let summary = dump.get("summary").and_then(Value::as_bool) == Some(true);
+    Ok(PeerState { term, revision, dump: (!summary).then_some(dump) })
+}
+
+fn dump_request(term: Term, summary: bool) -> Map<String, Value> {
+    let mut req = Map::new();
+    req.insert("dump".into(), if summary { json!({ "summary": true }) } else { json!({}) });
+    req.insert("term".into(), term.into());
+    req
+}
+
+/// antietcd's resync (section 5.3), without its faults: every follower reports its state (antietcd nodes
+/// with a full `dump`; ours, asked for a summary, with their stored term and revision); a failure fails the
+/// resync, which is retried, instead of stalling it. The most advanced state (highest stored term, then
+/// highest revision) wins **as a whole** (no per-key merge that could resurrect deleted keys). Each
+/// follower then gets it: one of ours on the winner's line (same stored term, not ahead) catches up with
+/// the revisions it misses (`resume`, then `replicate` messages from the history), any other node with a
+/// full `load`; every one must succeed.
 async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus) -> Result<(), String> {
     let peers = followers_of(cluster, st);
     let timeouts = cluster.config.timeouts;
-    let dumps = futures::future::join_all(peers.iter().map(|peer| {
-        let mut req = Map::new();
-        req.insert("dump".into(), json!({}));
-        req.insert("term".into(), st.term.into());
-        cluster.request_value(peer, req, timeouts.dump)
-    }))
+    let replies = futures::future::join_all(
+        peers.iter().map(|peer| cluster.request_value(peer, dump_request(st.term, true), timeouts.dump)),
+    )
     .await;
-    let engine = &shared.engine;
-    let mut best: Option<(Term, Revision, &NodeId, Value)> = None;
-    for (peer, dump) in peers.iter().zip(dumps) {
-        let dump = dump.map_err(|e| format!("dump from {peer}: {e}"))?;
-        if let Some(e) = dump.get("error").filter(|e| !e.is_null()) {
-            return Err(format!("dump from {peer}: {e}"));
-        }
-        let term = dump.get("term").and_then(Value::as_u64).unwrap_or(0);
-        let revision = dump.get("mod_revision").and_then(Value::as_i64).unwrap_or(0);
-        if best.as_ref().is_none_or(|(t, r, _, _)| (term, revision) > (*t, *r)) {
-            best = Some((term, revision, peer, dump));
-        }
+    let mut states = Vec::with_capacity(peers.len());
+    for (peer, reply) in peers.iter().zip(replies) {
+        states.push(peer_state(peer, reply)?);
     }
+    let engine = &shared.engine;
     let own = (cluster.repl.stored_term(), engine.revision());
-    let mut changed = false;
-    if let Some((term, revision, peer, dump)) = best.filter(|(t, r, _, _)| (*t, *r) > own) {
+    let best = peers.iter().zip(&states).max_by_key(|(_, s)| (s.term, s.revision));
+    // The winner's stored term: followers with it are on its line.
+    let mut line = own.0;
+    if let Some((peer, best)) = best.filter(|(_, s)| (s.term, s.revision) > own) {
+        line = best.term;
+        let dump = match &best.dump {
+            Some(d) => d.clone(),
+            None => {
+                let reply = cluster.request_value(peer, dump_request(st.term, false), timeouts.dump).await;
+                peer_state(peer, reply)?.dump.ok_or_else(|| format!("{peer} sent no dump"))?
+            }
+        };
         let (snapshot, _) =
             crate::persist::decode_dump(&dump).map_err(|e| format!("dump from {peer}: {e}"))?;
-        tracing::info!(target: "antietcd::cluster", "{}: taking the state of {peer} (term {term}, revision {revision})",
-            cluster.config.node_id);
+        tracing::info!(target: "antietcd::cluster", "{}: taking the state of {peer} (term {}, revision {})",
+            cluster.config.node_id, best.term, best.revision);
         let gate = cluster.repl.gate.clone().write_owned().await;
-        changed =
+        let changed =
             engine.load_replicated(&snapshot).map_err(|e| format!("loading the state of {peer}: {e}"))?;
         drop(gate);
-    }
-    if changed {
-        if let Some(d) = &shared.durable {
-            d.checkpoint().await.map_err(|e| format!("checkpointing the loaded state: {e}"))?;
+        if changed {
+            if let Some(d) = &shared.durable {
+                d.checkpoint().await.map_err(|e| format!("checkpointing the loaded state: {e}"))?;
+            }
         }
     }
     let snapshot = engine.snapshot().map_err(|e| e.to_string())?;
-    let dump: Value = serde_json::from_str(&crate::persist::encode_dump(&snapshot, st.term))
+    let full: Value = serde_json::from_str(&crate::persist::encode_dump(&snapshot, st.term))
         .map_err(|e| format!("encoding the dump: {e}"))?;
-    let loads = futures::future::join_all(peers.iter().map(|peer| {
-        let mut req = Map::new();
-        req.insert("load".into(), dump.clone());
-        req.insert("term".into(), st.term.into());
-        cluster.request(peer, req, timeouts.load)
-    }))
-    .await;
-    for (peer, r) in peers.iter().zip(loads) {
-        r.map_err(|e| format!("load to {peer}: {e}"))?;
+    let leases: Vec<Value> = engine
+        .lease_table()
+        .into_iter()
+        .map(|(id, ttl)| json!({ "id": id.to_string(), "ttl": ttl }))
+        .collect();
+    let sends = peers.iter().zip(&states).map(|(peer, state)| {
+        let catch_up = (state.dump.is_none() && state.term == line)
+            .then(|| engine.batches_after(state.revision))
+            .flatten();
+        let messages = match catch_up {
+            Some(batches) => {
+                let mut resume = Map::new();
+                resume.insert("resume".into(), json!({ "revision": state.revision, "leases": leases }));
+                resume.insert("term".into(), st.term.into());
+                let records: Vec<Record> = batches
+                    .iter()
+                    .map(|b| {
+                        Record::Journal(JournalRecord::Commit { revision: b.revision, events: b.events.clone().into() })
+                    })
+                    .collect();
+                tracing::debug!(target: "antietcd::cluster", "{peer} catches up from revision {} ({} revisions)",
+                    state.revision, records.len());
+                let mut messages = vec![resume];
+                messages.extend(to_messages(&records, state.revision, st.term));
+                messages
+            }
+            None => {
+                let mut load = Map::new();
+                load.insert("load".into(), full.clone());
+                load.insert("term".into(), st.term.into());
+                vec![load]
+            }
+        };
+        async move { cluster.request_all(peer, &messages, timeouts.load).await.map_err(|e| format!("sync of {peer}: {e}")) }
+    });
+    for r in futures::future::join_all(sends).await {
+        r?;
     }
     cluster.repl.set_stored_term(st.term).await.map_err(|e| format!("persisting the synced term: {e}"))?;
     // Our own uncommitted batches (if we were the most advanced) are now on every follower: committed.
@@ -772,6 +852,14 @@ pub(crate) async fn on_peer_message(
             if let Err(e) = check_leader_of(cluster, peer, term).await {
                 return vec![reply_err(request_id, e)];
             }
+            if obj.get("dump").and_then(|d| d.get("summary")).and_then(Value::as_bool) == Some(true) {
+                let summary = json!({
+                    "summary": true,
+                    "term": repl.stored_term(),
+                    "mod_revision": shared.engine.revision(),
+                });
+                return vec![super::inbound::reply(request_id, summary)];
+            }
             match shared.engine.snapshot() {
                 Ok(snap) => {
                     let dump = crate::persist::encode_dump(&snap, repl.stored_term());
@@ -819,6 +907,38 @@ pub(crate) async fn on_peer_message(
                 return vec![reply_err(request_id, &format!("persisting the synced term: {e}"))];
             }
             drop(guard);
+            repl.set_synced(Some(term));
+            vec![reply_ok(request_id)]
+        }
+        "resume" => {
+            if let Err(e) = check_leader_of(cluster, peer, term).await {
+                return vec![reply_err(request_id, e)];
+            }
+            let Some(term) = term else { return vec![reply_err(request_id, "raft leader/term mismatch")] };
+            let body = obj.get("resume");
+            let from = body.and_then(|b| b.get("revision")).and_then(Value::as_i64);
+            let leases = match body.map(parse_lease_table) {
+                Some(Ok(l)) => l,
+                Some(Err(e)) => return vec![reply_err(request_id, &format!("bad resume: {e}"))],
+                None => return vec![reply_err(request_id, "bad resume")],
+            };
+            if from != Some(shared.engine.revision()) {
+                return vec![reply_err(request_id, "state moved since the dump: full load needed")];
+            }
+            repl.set_synced(None);
+            {
+                // What this node held uncommitted is on the winner's line: committed now.
+                let mut f = repl.follower();
+                f.guard = None;
+                f.leader_commits = true;
+            }
+            shared.engine.release(shared.engine.revision());
+            if let Err(e) = shared.engine.set_lease_table(&leases) {
+                return vec![reply_err(request_id, &e.to_string())];
+            }
+            if let Err(e) = repl.set_stored_term(term).await {
+                return vec![reply_err(request_id, &format!("persisting the synced term: {e}"))];
+            }
             repl.set_synced(Some(term));
             vec![reply_ok(request_id)]
         }
@@ -897,6 +1017,17 @@ pub(crate) async fn on_peer_message(
         }
         other => vec![reply_err(request_id, &format!("unknown peer message {other}"))],
     }
+}
+
+/// Parses the lease table of a `resume` message: `{"leases":[{"id","ttl"}]}`.
+fn parse_lease_table(v: &Value) -> Result<Vec<(LeaseId, i64)>, String> {
+    let mut out = Vec::new();
+    for l in v.get("leases").and_then(Value::as_array).ok_or("no leases")? {
+        let id = lease_id(l.get("id"), "id").map_err(|e| e.message)?.ok_or("a lease without id")?;
+        let ttl = l.get("ttl").and_then(Value::as_i64).filter(|t| *t > 0).ok_or("a lease without ttl")?;
+        out.push((id, ttl));
+    }
+    Ok(out)
 }
 
 /// Parses a `replicate` payload (section 3.10, plus our exact counters and `_b64` bytes).
