@@ -830,10 +830,17 @@ pub(crate) async fn on_peer_message(
             };
             let (cluster, replier, request_id) = (cluster.clone(), replier.clone(), request_id.cloned());
             shared.tracker.clone().spawn(async move {
-                let result = match api {
-                    Api::Status | Api::Dump => crate::http::local(&shared, api, &body).await,
-                    _ => cluster.route(&shared, api, &body, true).await,
+                // The follower answers 503 after forward_timeout: past it, the request must not run
+                // anymore (a client retrying elsewhere could otherwise see it land after its retry).
+                let run = async {
+                    match api {
+                        Api::Status | Api::Dump => crate::http::local(&shared, api, &body).await,
+                        _ => cluster.route(&shared, api, &body, true).await,
+                    }
                 };
+                let result = tokio::time::timeout(cluster.config.timeouts.forward, run)
+                    .await
+                    .unwrap_or_else(|_| Err(unavailable("timeout")));
                 let reply = match result {
                     Ok(text) => match serde_json::from_str::<Value>(&text) {
                         Ok(v) => super::inbound::reply(request_id.as_ref(), v),
