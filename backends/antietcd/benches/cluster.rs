@@ -16,8 +16,9 @@
 //! cluster costs per write on the same hardware, not how it scales across machines. The single node and the
 //! cluster of one implementation run side by side and are measured in turns (3 rounds of 2 s each), so
 //! that other load on the machine weighs on both alike; the load average is printed before and after. The
-//! last column is the servers' CPU time per successful put (user + system, every process of the
-//! configuration together, ours|Node): what a write costs, whatever else the machine was doing.
+//! last column is the servers' CPU time per successful put (user + system; for 3 nodes `all/leader`, every
+//! process together and the leader's part; ours|Node): what a write costs whatever else the machine was
+//! doing, and, through the leader's part, about what one leader could sustain on a core of its own.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -383,6 +384,8 @@ struct Rate {
     secs: f64,
     /// CPU seconds (user + system) the server processes used while measured.
     cpu: f64,
+    /// The part of `cpu` the leader used (the single node: all of it).
+    cpu_leader: f64,
     note: Option<String>,
 }
 
@@ -401,19 +404,26 @@ impl Rate {
     }
 
     /// Adds one measurement of [`put_rate`].
-    fn add(&mut self, (ok, errors, secs): (u64, u64, f64), cpu: f64) {
+    fn add(&mut self, (ok, errors, secs): (u64, u64, f64), cpu: f64, cpu_leader: f64) {
         self.ok += ok;
         self.errors += errors;
         self.secs += secs;
         self.cpu += cpu;
+        self.cpu_leader += cpu_leader;
     }
 
-    /// Server CPU microseconds per successful put, all processes of the configuration together.
+    /// Server CPU microseconds per successful put: every process of the configuration together, and the
+    /// leader's part (`total/leader`; a single node: its total).
     fn cpu_per_put(&self) -> String {
         if self.ok == 0 {
             return "-".into();
         }
-        format!("{:.0}", self.cpu * 1e6 / self.ok as f64)
+        let per = |cpu: f64| cpu * 1e6 / self.ok as f64;
+        if (self.cpu - self.cpu_leader).abs() < f64::EPSILON {
+            format!("{:.0}", per(self.cpu))
+        } else {
+            format!("{:.0}/{:.0}", per(self.cpu), per(self.cpu_leader))
+        }
     }
 
     fn cell(&self, single: Option<&Rate>) -> String {
@@ -454,17 +464,22 @@ async fn rates(imp: Impl, durable: bool, t: Timings, secs: f64, rounds: usize) -
     for _ in 0..rounds {
         let cpu = cpu_secs(std::slice::from_ref(&one));
         let r = put_rate(&[one.port], secs).await;
-        out[0].add(r, cpu_secs(std::slice::from_ref(&one)) - cpu);
-        let cpu = cpu_secs(&three);
-        let r = put_rate(&all, secs).await;
-        out[1].add(r, cpu_secs(&three) - cpu);
-        let leader = wait_leader(&three, &[0, 1, 2], Duration::from_secs(30)).await;
-        if let Some(note) = wait_writable(&[three[leader].port], Duration::from_secs(20)).await {
-            out[2].note = Some(note);
+        let used = cpu_secs(std::slice::from_ref(&one)) - cpu;
+        out[0].add(r, used, used);
+        for (row, ports) in [(1, None), (2, Some(()))] {
+            let leader = wait_leader(&three, &[0, 1, 2], Duration::from_secs(30)).await;
+            let ports = match ports {
+                None => all.clone(),
+                Some(()) => vec![three[leader].port],
+            };
+            if let Some(note) = wait_writable(&ports, Duration::from_secs(20)).await {
+                out[row].note = Some(note);
+            }
+            let lead = std::slice::from_ref(&three[leader]);
+            let (cpu, cpu_leader) = (cpu_secs(&three), cpu_secs(lead));
+            let r = put_rate(&ports, secs).await;
+            out[row].add(r, cpu_secs(&three) - cpu, cpu_secs(lead) - cpu_leader);
         }
-        let cpu = cpu_secs(&three);
-        let r = put_rate(&[three[leader].port], secs).await;
-        out[2].add(r, cpu_secs(&three) - cpu);
     }
     drop(one);
     drop(three);
@@ -573,8 +588,8 @@ fn main() {
             );
         }
         println!(
-            "{:<60} {:>28} {:>22} {:>16}",
-            "write throughput, puts/s (% of one node)", "ours", "Node 1.3.1", "CPU µs/put o|N"
+            "{:<60} {:>28} {:>22} {:>26}",
+            "write throughput, puts/s (% of one node)", "ours", "Node 1.3.1", "CPU µs/put ours|Node"
         );
         let mut notes = Vec::new();
         let mut ratios = Vec::new();
@@ -583,7 +598,7 @@ fn main() {
             let [single_ours, spread_ours, leader_ours] = rates(Impl::Ours, durable, t, secs, rounds).await;
             let [single_node, spread_node, leader_node] = rates(Impl::Node, durable, t, secs, rounds).await;
             println!(
-                "{:<60} {:>28} {:>22} {:>16}",
+                "{:<60} {:>28} {:>22} {:>26}",
                 format!("1 node, {storage}"),
                 single_ours.cell(None),
                 single_node.cell(None),
@@ -595,7 +610,7 @@ fn main() {
             ];
             for (what, o, n) in rows {
                 println!(
-                    "{:<60} {:>28} {:>22} {:>16}",
+                    "{:<60} {:>28} {:>22} {:>26}",
                     format!("3 nodes, {storage}, {what}"),
                     o.cell(Some(&single_ours)),
                     n.cell(Some(&single_node)),
