@@ -194,7 +194,7 @@ async fn crash_loop(loops: usize) {
     for round in 0..=loops {
         let leader = settled(&http, &members).await;
         let acked_now = acked.lock().unwrap().clone();
-        let mut starts = vec![0u64; CLIENTS];
+        let mut starts = [0u64; CLIENTS];
         for url in &urls {
             let stored = read_pairs(&http, url).await;
             check(round, url, &stored, &acked_now);

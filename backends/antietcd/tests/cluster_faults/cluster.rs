@@ -114,7 +114,9 @@ impl Cluster {
             // Watchers resuming after a fault must find the history they need (the runs write far less).
             .args(["--compact_revisions", "1000000"])
             .args(["--logs", "cluster"])
-            .stdout(Stdio::null())
+            .env("RUST_LOG", "antietcd=debug")
+            // tracing writes to stdout, the binary's own messages to stderr: both to the log.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
