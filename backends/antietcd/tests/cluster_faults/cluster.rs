@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -115,6 +115,7 @@ impl Cluster {
             .args(["--compact_revisions", "1000000"])
             .args(["--logs", "cluster"])
             .env("RUST_LOG", "antietcd=debug")
+            .env("NO_COLOR", "1")
             // tracing writes to stdout, the binary's own messages to stderr: both to the log.
             .stdout(log.try_clone().unwrap())
             .stderr(log)
