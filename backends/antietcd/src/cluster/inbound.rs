@@ -52,8 +52,8 @@ pub(super) fn error_reply(request_id: Option<&Value>, message: &str) -> String {
     reply(request_id, serde_json::json!({ "error": message }))
 }
 
-/// The peer message kinds, in antietcd's dispatch order (then ours: `commit`, `resume`).
-const KINDS: [&str; 12] = [
+/// The peer message kinds, in antietcd's dispatch order (then ours: `commit`, `resume`, `batch`).
+const KINDS: [&str; 13] = [
     "raft",
     "identify",
     "dump",
@@ -66,6 +66,7 @@ const KINDS: [&str; 12] = [
     "check_leader",
     "commit",
     "resume",
+    "batch",
 ];
 
 impl Inbound {

@@ -20,7 +20,7 @@
 //! replies travel back on the socket the request came on. `Cluster::request` is the request/reply
 //! primitive (`request_id`, per-request timeout) `dump`, `load`, `replicate`, `compact`, `check_leader` and
 //! forwarded requests are built on. API calls go through `Cluster::route`: writes to the leader
-//! (forwarded by followers), reads behind the replication gate (see [`replica`] for the guarantees).
+//! (forwarded by followers), reads behind the replication gate (see the `replica` module for the guarantees).
 
 mod config;
 mod driver;
@@ -129,7 +129,7 @@ pub(crate) struct Cluster {
     events: mpsc::Sender<Event>,
     status: watch::Receiver<ClusterStatus>,
     next_request: AtomicU64,
-    /// Replication state (see [`replica`]).
+    /// Replication state (see the `replica` module).
     pub(crate) repl: replica::Replica,
 }
 

@@ -73,6 +73,9 @@ pub(crate) struct Replica {
     shared: OnceLock<Weak<Shared>>,
     /// Records the engine journals while this node leads (what the batch must replicate).
     tap: Arc<Tap>,
+    /// The followers known to be ours (they answered a summary dump): they take a whole batch in one
+    /// `batch` message and need no `unlock`.
+    ours: Mutex<BTreeSet<NodeId>>,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +100,7 @@ impl Replica {
             follower: Mutex::new(FollowerState::default()),
             shared: OnceLock::new(),
             tap: Arc::new(Tap::default()),
+            ours: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -488,10 +492,19 @@ async fn run_batch(
     }
     let last = engine.revision();
     let messages = to_messages(&records, start, st.term);
+    let ours = cluster.repl.ours.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    // Our followers take the whole batch as one message (one frame, one reply); antietcd's, one by one.
+    let bundled = {
+        let mut m = Map::new();
+        m.insert("batch".into(), Value::Array(messages.iter().cloned().map(Value::Object).collect()));
+        m.insert("term".into(), st.term.into());
+        vec![m]
+    };
     let replicated = async {
-        let sends = peers
-            .iter()
-            .map(|peer| cluster.request_all(peer, &messages, cluster.config.timeouts.replication));
+        let sends = peers.iter().map(|peer| {
+            let messages = if ours.contains(peer) { &bundled } else { &messages };
+            cluster.request_all(peer, messages, cluster.config.timeouts.replication)
+        });
         futures::future::join_all(sends).await.into_iter().zip(&peers).try_for_each(|(r, peer)| {
             r.map_err(|e| match e {
                 PeerError::Unavailable(_) => format!("peer {peer} is unavailable"),
@@ -517,7 +530,7 @@ async fn run_batch(
     drop(gate);
     for peer in &peers {
         // antietcd followers drop their per-revision locks on `unlock`; ours publish on `commit`.
-        for r in &records {
+        for r in records.iter().filter(|_| !ours.contains(peer)) {
             if let Record::Journal(JournalRecord::Commit { revision, .. }) = r {
                 let _ = cluster.links.try_send(
                     peer,
@@ -694,6 +707,16 @@ async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus
     let mut states = Vec::with_capacity(peers.len());
     for (peer, reply) in peers.iter().zip(replies) {
         states.push(peer_state(peer, reply)?);
+    }
+    {
+        let mut ours = cluster.repl.ours.lock().unwrap_or_else(PoisonError::into_inner);
+        for (peer, state) in peers.iter().zip(&states) {
+            if state.dump.is_none() {
+                ours.insert(peer.clone());
+            } else {
+                ours.remove(peer);
+            }
+        }
     }
     let engine = &shared.engine;
     let own = (cluster.repl.stored_term(), engine.revision());
@@ -949,25 +972,43 @@ pub(crate) async fn on_peer_message(
             repl.set_synced(Some(term));
             vec![reply_ok(request_id)]
         }
-        "replicate" => {
+        "replicate" | "batch" => {
             if let Err(e) = check_leader_of(cluster, peer, term).await {
                 return vec![reply_err(request_id, e)];
             }
             if *repl.synced.borrow() != term {
                 return vec![reply_err(request_id, "not synced in this term")];
             }
-            let change = match obj.get("replicate").map(parse_replicate) {
-                Some(Ok(c)) => c,
-                Some(Err(e)) => return vec![reply_err(request_id, &format!("bad replicate: {e}"))],
-                None => return vec![reply_err(request_id, "bad replicate")],
+            let items: Vec<&Map<String, Value>> = if kind == "batch" {
+                match obj.get("batch").and_then(Value::as_array) {
+                    Some(items) => items.iter().filter_map(Value::as_object).collect(),
+                    None => return vec![reply_err(request_id, "bad batch")],
+                }
+            } else {
+                vec![obj]
             };
             let commits = repl.follower().leader_commits;
             if commits && repl.follower().guard.is_none() {
                 let guard = repl.gate.clone().write_owned().await;
                 repl.follower().guard = Some(guard);
             }
-            if let Err(e) = shared.engine.apply_replicated(&change) {
-                return vec![reply_err(request_id, &e.to_string())];
+            for item in items {
+                if let Some(payload) = item.get("replicate") {
+                    let change = match parse_replicate(payload) {
+                        Ok(c) => c,
+                        Err(e) => return vec![reply_err(request_id, &format!("bad replicate: {e}"))],
+                    };
+                    if let Err(e) = shared.engine.apply_replicated(&change) {
+                        return vec![reply_err(request_id, &e.to_string())];
+                    }
+                } else if let Some(revision) =
+                    item.get("compact").and_then(|c| c.get("revision")).and_then(Value::as_i64)
+                {
+                    // Already compacted further, or not there yet: nothing to do either way.
+                    let _ = shared.engine.compact(revision);
+                } else {
+                    return vec![reply_err(request_id, "bad batch item")];
+                }
             }
             if !commits {
                 shared.engine.release(shared.engine.revision());
