@@ -862,10 +862,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Replaces the whole state with `snap` (a resync `load` from the leader). Watchers are told what
-    /// changed as one batch at the new revision; if this node held uncommitted batches, what its watchers
-    /// saw cannot be diffed against, so they are cancelled as lagging (they resume and resynchronise).
-    /// An identical state changes nothing. Returns whether anything changed. Not journaled: the caller
+    /// Replaces the whole state with `snap` (a resync `load` from the leader). If any key changed (or this
+    /// node held uncommitted batches) every watcher is cancelled as lagging: it resumes and learns that
+    /// history before the new revision is gone. An identical state changes nothing. Returns whether anything changed. Not journaled: the caller
     /// checkpoints.
     pub(crate) fn load_replicated(&self, snap: &Snapshot) -> Result<bool, Error> {
         let mut guard = self.state();
@@ -928,7 +927,6 @@ impl Engine {
         if !dirty && events.is_empty() && snap.revision == st.revision && leases_same {
             return Ok(false);
         }
-        let visible = st.visible_revision();
         st.held.clear();
         // Leases: those of the snapshot, each given its full TTL (expiry is the leader's business).
         let now = Instant::now();
@@ -953,10 +951,12 @@ impl Engine {
         st.revision = snap.revision.max(0);
         st.history.clear();
         st.compact_revision = st.revision + 1;
-        if dirty || (!events.is_empty() && st.revision <= visible) {
+        // Watchers cannot be given the missing revisions one by one (a load has only the end state), and
+        // one combined batch would break the revision order they rely on: they are cancelled as lagging
+        // and resume, learning of the compaction. (A follower that can catch up revision by revision is
+        // not loaded: see the cluster's `resume`.)
+        if dirty || !events.is_empty() {
             st.hub.lag_all();
-        } else if !events.is_empty() {
-            st.hub.publish(&Arc::new(WatchBatch { revision: st.revision, events }));
         }
         drop(guard);
         self.inner.lease_timer.notify_one();

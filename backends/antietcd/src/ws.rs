@@ -178,7 +178,7 @@ impl Session {
             ];
         };
         if let Some(req) = field(obj, "create_request", "createRequest") {
-            return self.create(req);
+            return self.create(req).await;
         }
         if let Some(req) = field(obj, "cancel_request", "cancelRequest") {
             return self.cancel(req);
@@ -194,7 +194,7 @@ impl Session {
         vec![self.error("unknown message: expected create_request, cancel_request or progress_request", None)]
     }
 
-    fn create(&mut self, req: &Value) -> Vec<String> {
+    async fn create(&mut self, req: &Value) -> Vec<String> {
         let obj = match object(req, "create_request") {
             Ok(o) => o,
             Err(e) => return vec![self.error(e.message, None)],
@@ -227,6 +227,13 @@ impl Session {
             Err(e) => return vec![self.error(e.message, client_id.as_ref())],
         };
         let start = request.start_revision;
+        if let Some(cluster) = &self.shared.cluster {
+            // Until this member is synced its state may hold changes the cluster never committed (a
+            // restarted node's log tail, say): no watch may see them.
+            if let Err(e) = cluster.wait_synced().await {
+                return vec![self.error(e.message, client_id.as_ref())];
+            }
+        }
         let mut watch = match self.shared.engine.watch(request) {
             Ok(w) => w,
             Err(crate::Error::Compacted { compact_revision, .. }) => {

@@ -125,12 +125,17 @@ impl Inbound {
             "reply" => Vec::new(),
             "check_leader" => {
                 let term = obj.get("term").and_then(Value::as_u64);
-                let st = self.cluster.status.borrow();
-                let ok = st.role == Role::Leader
-                    && Some(st.term) == term
-                    && st.is_confirmed_leader(tokio::time::Instant::now());
-                vec![if ok {
-                    reply(request_id, Value::Object(Map::new()))
+                let ok = {
+                    let st = self.cluster.status.borrow();
+                    st.role == Role::Leader
+                        && Some(st.term) == term
+                        && st.is_confirmed_leader(tokio::time::Instant::now())
+                };
+                // The read index: what this leader has committed. The follower serves the read once it has
+                // that much (antietcd's leader answers `{}`).
+                let committed = self.cluster.repl.committed_revision(term);
+                vec![if let (true, Some(revision)) = (ok, committed) {
+                    reply(request_id, serde_json::json!({ "revision": revision }))
                 } else {
                     error_reply(request_id, "raft leader/term mismatch")
                 }]

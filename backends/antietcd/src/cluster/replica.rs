@@ -76,6 +76,8 @@ pub(crate) struct Replica {
     /// The followers known to be ours (they answered a summary dump): they take a whole batch in one
     /// `batch` message and need no `unlock`.
     ours: Mutex<BTreeSet<NodeId>>,
+    /// Woken whenever a follower publishes committed changes (reads waiting for a read index).
+    released: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +103,7 @@ impl Replica {
             shared: OnceLock::new(),
             tap: Arc::new(Tap::default()),
             ours: Mutex::new(BTreeSet::new()),
+            released: tokio::sync::Notify::new(),
         }
     }
 
@@ -121,6 +124,12 @@ impl Replica {
         self.stored.lock().await.raise(term).await?;
         self.stored_now.fetch_max(term, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// What this node, as the synced leader of `term`, has committed (its visible revision).
+    pub(crate) fn committed_revision(&self, term: Option<Term>) -> Option<Revision> {
+        let shared = self.shared()?;
+        (term.is_some() && *self.synced.borrow() == term).then(|| shared.engine.visible_revision())
     }
 
     fn set_synced(&self, term: Option<Term>) {
@@ -237,6 +246,24 @@ impl Cluster {
         }
     }
 
+    /// Waits (up to `wait_quorum_timeout`) until this node is synced in its current term.
+    pub(crate) async fn wait_synced(&self) -> ApiResult<()> {
+        let deadline = Instant::now() + self.config.timeouts.wait_quorum;
+        let mut status = self.status();
+        let mut synced = self.repl.synced.subscribe();
+        loop {
+            let term = status.borrow_and_update().term;
+            if *synced.borrow_and_update() == Some(term) {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Err(unavailable("Quorum not available")),
+                r = status.changed() => if r.is_err() { return Err(stopping()) },
+                r = synced.changed() => if r.is_err() { return Err(stopping()) },
+            }
+        }
+    }
+
     /// Hands a write to the leader task and waits for its answer.
     async fn propose(&self, api: Api, body: Map<String, Value>, deadline: Instant) -> ApiResult<String> {
         let (tx, rx) = oneshot::channel();
@@ -281,10 +308,26 @@ impl Cluster {
             let mut req = Map::new();
             req.insert("check_leader".into(), true.into());
             req.insert("term".into(), st.term.into());
-            self.request(&leader, req, self.config.timeouts.forward).await.map_err(|e| match e {
-                PeerError::Unavailable(_) => unavailable("Leader is unavailable"),
-                e => unavailable(e.to_string()),
-            })?;
+            let reply =
+                self.request(&leader, req, self.config.timeouts.forward).await.map_err(|e| match e {
+                    PeerError::Unavailable(_) => unavailable("Leader is unavailable"),
+                    e => unavailable(e.to_string()),
+                })?;
+            // Raft's read index: wait until this follower has published everything the leader had committed
+            // when it confirmed its leadership (a follower cut off from replication never gets there: 503).
+            if let Some(index) = reply.get("revision").and_then(Value::as_i64) {
+                loop {
+                    let released = self.repl.released.notified();
+                    tokio::pin!(released);
+                    released.as_mut().enable();
+                    if shared.engine.visible_revision() >= index {
+                        break;
+                    }
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        return Err(unavailable("this node is behind the leader"));
+                    }
+                }
+            }
         }
         let _read = tokio::time::timeout_at(deadline, self.repl.gate.read())
             .await
@@ -938,6 +981,7 @@ pub(crate) async fn on_peer_message(
             }
             drop(guard);
             repl.set_synced(Some(term));
+            repl.released.notify_waiters();
             vec![reply_ok(request_id)]
         }
         "resume" => {
@@ -970,6 +1014,7 @@ pub(crate) async fn on_peer_message(
                 return vec![reply_err(request_id, &format!("persisting the synced term: {e}"))];
             }
             repl.set_synced(Some(term));
+            repl.released.notify_waiters();
             vec![reply_ok(request_id)]
         }
         "replicate" | "batch" => {
@@ -1012,6 +1057,7 @@ pub(crate) async fn on_peer_message(
             }
             if !commits {
                 shared.engine.release(shared.engine.revision());
+                repl.released.notify_waiters();
             }
             let revision = shared.engine.revision();
             if shared.persist_interval || (shared.durable.is_none() && shared.persister.is_none()) {
@@ -1032,6 +1078,7 @@ pub(crate) async fn on_peer_message(
                 let revision = obj.get("commit").and_then(|c| c.get("revision")).and_then(Value::as_i64);
                 if let Some(revision) = revision {
                     shared.engine.release(revision);
+                    repl.released.notify_waiters();
                     let mut f = repl.follower();
                     f.leader_commits = true;
                     if revision >= shared.engine.revision() {

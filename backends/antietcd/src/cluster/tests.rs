@@ -69,8 +69,16 @@ async fn requests_get_replies_errors_and_timeouts() {
     let from_leader = if leader == "n1" { c1 } else { c2 };
     let t = Duration::from_millis(500);
     // check_leader: the leader confirms its term; a follower, or a wrong term, is a mismatch.
-    let ok = from_follower.request(&leader, obj(json!({"check_leader": true, "term": term})), t).await;
-    assert_eq!(ok, Ok(json!({})));
+    // check_leader: the leader confirms its term and gives its read index (committed revision) once synced.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = from_follower.request(&leader, obj(json!({"check_leader": true, "term": term})), t).await;
+        if ok.as_ref().is_ok_and(|v| v.get("revision").is_some_and(Value::is_i64)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{ok:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let wrong = from_follower.request(&leader, obj(json!({"check_leader": true, "term": term + 1})), t).await;
     assert_eq!(wrong, Err(PeerError::Remote("raft leader/term mismatch".into())));
     let not = from_leader.request(follower, obj(json!({"check_leader": true, "term": term})), t).await;
