@@ -695,6 +695,30 @@ impl Engine {
         Some(st.history.iter().chain(st.held.iter()).filter(|b| b.revision > revision).cloned().collect())
     }
 
+    /// Undoes every held (uncommitted) batch, newest first, from the previous values its events carry:
+    /// the state goes back to the visible revision. Returns whether anything was undone. Not journaled:
+    /// the caller checkpoints.
+    pub(crate) fn rollback_held(&self) -> Result<bool, Error> {
+        let mut guard = self.state();
+        guard.check_open()?;
+        let st = &mut *guard;
+        let Some(first) = st.held.front().map(|b| b.revision) else { return Ok(false) };
+        while let Some(batch) = st.held.pop_back() {
+            for e in batch.events.iter().rev() {
+                let entry = e.prev_kv.as_ref().map(|p| Entry {
+                    value: p.value.clone(),
+                    create_revision: p.create_revision,
+                    mod_revision: p.mod_revision,
+                    version: p.version,
+                    lease: p.lease,
+                });
+                st.set_entry(&e.kv.key, entry);
+            }
+        }
+        st.revision = first - 1;
+        Ok(true)
+    }
+
     /// Every lease and its TTL, by id.
     pub(crate) fn lease_table(&self) -> Vec<(LeaseId, i64)> {
         let st = self.state();
@@ -738,10 +762,19 @@ impl Engine {
                     l.expires = expires;
                 }
                 None => {
-                    st.leases.insert(id, Lease { ttl, expires, keys: BTreeSet::new() });
+                    // Keys may name it already (restored by a rollback while the lease was gone).
+                    let keys =
+                        st.kv.iter().filter(|(_, e)| e.lease == Some(id)).map(|(k, _)| k.clone()).collect();
+                    st.leases.insert(id, Lease { ttl, expires, keys });
                 }
             }
             st.expiry.insert((expires, id));
+        }
+        // Keys naming a lease that does not exist here lose it (it was revoked meanwhile).
+        for e in st.kv.values_mut() {
+            if e.lease.is_some_and(|id| !st.leases.contains_key(&id)) {
+                e.lease = None;
+            }
         }
         Ok(())
     }

@@ -78,6 +78,9 @@ pub(crate) struct Replica {
     ours: Mutex<BTreeSet<NodeId>>,
     /// Woken whenever a follower publishes committed changes (reads waiting for a read index).
     released: tokio::sync::Notify,
+    /// Whether this process has been synced once: only then is the engine's visible revision known to be
+    /// committed (a restarted node's log tail may not be).
+    trusted: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +107,7 @@ impl Replica {
             tap: Arc::new(Tap::default()),
             ours: Mutex::new(BTreeSet::new()),
             released: tokio::sync::Notify::new(),
+            trusted: AtomicBool::new(false),
         }
     }
 
@@ -133,6 +137,9 @@ impl Replica {
     }
 
     fn set_synced(&self, term: Option<Term>) {
+        if term.is_some() {
+            self.trusted.store(true, Ordering::Release);
+        }
         self.synced.send_if_modified(|s| {
             let changed = *s != term;
             *s = term;
@@ -711,6 +718,8 @@ fn to_messages(records: &[Record], start: Revision, term: Term) -> Vec<Map<Strin
 struct PeerState {
     term: Term,
     revision: Revision,
+    /// What ours know to be committed (everything after it is uncommitted), if they know.
+    committed: Option<Revision>,
     /// The full dump (antietcd nodes always send one; ours send a summary when asked).
     dump: Option<Value>,
 }
@@ -723,7 +732,8 @@ fn peer_state(peer: &str, reply: Result<Value, PeerError>) -> Result<PeerState, 
     let term = dump.get("term").and_then(Value::as_u64).unwrap_or(0);
     let revision = dump.get("mod_revision").and_then(Value::as_i64).unwrap_or(0);
     let summary = dump.get("summary").and_then(Value::as_bool) == Some(true);
-    Ok(PeerState { term, revision, dump: (!summary).then_some(dump) })
+    let committed = dump.get("committed").and_then(Value::as_i64);
+    Ok(PeerState { term, revision, committed, dump: (!summary).then_some(dump) })
 }
 
 fn dump_request(term: Term, summary: bool) -> Map<String, Value> {
@@ -790,6 +800,7 @@ async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus
         }
     }
     let snapshot = engine.snapshot().map_err(|e| e.to_string())?;
+    let own_revision = snapshot.revision;
     let full: Value = serde_json::from_str(&crate::persist::encode_dump(&snapshot, st.term))
         .map_err(|e| format!("encoding the dump: {e}"))?;
     let leases: Vec<Value> = engine
@@ -798,34 +809,46 @@ async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus
         .map(|(id, ttl)| json!({ "id": id.to_string(), "ttl": ttl }))
         .collect();
     let sends = peers.iter().zip(&states).map(|(peer, state)| {
-        let catch_up = (state.dump.is_none() && state.term == line)
-            .then(|| engine.batches_after(state.revision))
-            .flatten();
-        let messages = match catch_up {
-            Some(batches) => {
-                let mut resume = Map::new();
-                resume.insert("resume".into(), json!({ "revision": state.revision, "leases": leases }));
-                resume.insert("term".into(), st.term.into());
-                let records: Vec<Record> = batches
-                    .iter()
-                    .map(|b| {
-                        Record::Journal(JournalRecord::Commit { revision: b.revision, events: b.events.clone().into() })
-                    })
-                    .collect();
-                tracing::debug!(target: "antietcd::cluster", "{peer} catches up from revision {} ({} revisions)",
-                    state.revision, records.len());
-                let mut messages = vec![resume];
-                messages.extend(to_messages(&records, state.revision, st.term));
-                messages
+        // Where the follower's state is known to be a prefix of ours: all of it if it is on our line (or
+        // empty), else what it knows committed (it undoes the rest first).
+        let base = match state.dump {
+            Some(_) => None,
+            None if (state.term == line && state.revision <= own_revision) || state.revision == 0 => {
+                Some(state.revision)
             }
-            None => {
-                let mut load = Map::new();
-                load.insert("load".into(), full.clone());
-                load.insert("term".into(), st.term.into());
-                vec![load]
-            }
+            None => state.committed,
         };
-        async move { cluster.request_all(peer, &messages, timeouts.load).await.map_err(|e| format!("sync of {peer}: {e}")) }
+        let catch_up = base.and_then(|base| engine.batches_after(base).map(|b| (base, b)));
+        let catch_up = catch_up.map(|(base, batches)| {
+            let mut resume = Map::new();
+            resume.insert("resume".into(), json!({ "revision": base, "leases": leases }));
+            resume.insert("term".into(), st.term.into());
+            let records: Vec<Record> = batches
+                .iter()
+                .map(|b| Record::Journal(JournalRecord::Commit { revision: b.revision, events: b.events.clone().into() }))
+                .collect();
+            tracing::debug!(target: "antietcd::cluster", "{peer} catches up from revision {base} ({} revisions)",
+                records.len());
+            let mut messages = vec![resume];
+            messages.extend(to_messages(&records, base, st.term));
+            messages
+        });
+        let mut load = Map::new();
+        load.insert("load".into(), full.clone());
+        load.insert("term".into(), st.term.into());
+        async move {
+            if let Some(messages) = catch_up {
+                match cluster.request_all(peer, &messages, timeouts.load).await {
+                    Ok(()) => return Ok(()),
+                    // It could not take the revisions (its state moved, say): a full load settles it.
+                    Err(PeerError::Remote(e)) => {
+                        tracing::info!(target: "antietcd::cluster", "{peer} cannot catch up ({e}): full load")
+                    }
+                    Err(e) => return Err(format!("sync of {peer}: {e}")),
+                }
+            }
+            cluster.request_all(peer, &[load], timeouts.load).await.map_err(|e| format!("sync of {peer}: {e}"))
+        }
     });
     for r in futures::future::join_all(sends).await {
         r?;
@@ -926,11 +949,14 @@ pub(crate) async fn on_peer_message(
                 return vec![reply_err(request_id, e)];
             }
             if obj.get("dump").and_then(|d| d.get("summary")).and_then(Value::as_bool) == Some(true) {
-                let summary = json!({
+                let mut summary = json!({
                     "summary": true,
                     "term": repl.stored_term(),
                     "mod_revision": shared.engine.revision(),
                 });
+                if repl.trusted.load(Ordering::Acquire) {
+                    summary["committed"] = shared.engine.visible_revision().into();
+                }
                 return vec![super::inbound::reply(request_id, summary)];
             }
             match shared.engine.snapshot() {
@@ -996,6 +1022,28 @@ pub(crate) async fn on_peer_message(
                 Some(Err(e)) => return vec![reply_err(request_id, &format!("bad resume: {e}"))],
                 None => return vec![reply_err(request_id, "bad resume")],
             };
+            if from.is_some_and(|f| f < shared.engine.revision() && f == shared.engine.visible_revision()) {
+                // Our uncommitted tail is not on the new leader's line: undo it, and checkpoint so that a
+                // restart does not replay it from the log.
+                let undone = {
+                    let _gate = repl.follower().guard.take();
+                    shared.engine.rollback_held()
+                };
+                match undone {
+                    Ok(true) => {
+                        if let Some(d) = &shared.durable {
+                            if let Err(e) = d.checkpoint().await {
+                                return vec![reply_err(
+                                    request_id,
+                                    &format!("checkpointing after undo: {e}"),
+                                )];
+                            }
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => return vec![reply_err(request_id, &e.to_string())],
+                }
+            }
             if from != Some(shared.engine.revision()) {
                 return vec![reply_err(request_id, "state moved since the dump: full load needed")];
             }
