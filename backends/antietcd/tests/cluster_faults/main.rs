@@ -9,7 +9,7 @@
 //! (a minimum number of acknowledged writes within a deadline). The scenarios run one at a time (they
 //! share the machine's two cores and measure timing).
 //!
-//! Run (about a minute):
+//! Run (35 to 55 s of tests on a 2-core machine, plus the build):
 //! `CARGO_TARGET_DIR=target-checker cargo test -p antietcd --test cluster_faults`
 //!
 //! The long version (a follower down for 60 s, then mixed random faults until 5 minutes have passed;
