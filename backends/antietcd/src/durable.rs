@@ -43,11 +43,15 @@ pub struct DurableOptions {
     pub checkpoint_every: u64,
     /// The log's own options.
     pub wal: WalOptions,
+    /// Whether [`Durable::close`] writes a last checkpoint (a faster next start). Without it the next
+    /// start replays the log since the last checkpoint, which rebuilds the watch history of those
+    /// revisions: cluster members keep it, so that watchers resume across a restart.
+    pub checkpoint_on_close: bool,
 }
 
 impl Default for DurableOptions {
     fn default() -> Self {
-        DurableOptions { checkpoint_every: 100_000, wal: WalOptions::default() }
+        DurableOptions { checkpoint_every: 100_000, wal: WalOptions::default(), checkpoint_on_close: true }
     }
 }
 
@@ -55,6 +59,12 @@ impl DurableOptions {
     /// Sets [`DurableOptions::checkpoint_every`].
     pub fn with_checkpoint_every(mut self, records: u64) -> Self {
         self.checkpoint_every = records;
+        self
+    }
+
+    /// Sets [`DurableOptions::checkpoint_on_close`].
+    pub fn with_checkpoint_on_close(mut self, on: bool) -> Self {
+        self.checkpoint_on_close = on;
         self
     }
 
@@ -111,6 +121,7 @@ pub struct Durable {
     recovery: RecoveryInfo,
     wake: Arc<Notify>,
     checkpointer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    checkpoint_on_close: bool,
 }
 
 /// Feeds the engine's changes into the log.
@@ -199,8 +210,15 @@ impl Durable {
         info.duration = started.elapsed();
         tracing::info!(?info, "recovered durable store");
         let checkpointer = std::sync::Mutex::new(checkpointer);
-        let durable =
-            Durable { engine: engine.clone(), wal, dir: dir.to_owned(), recovery: info, wake, checkpointer };
+        let durable = Durable {
+            engine: engine.clone(),
+            wal,
+            dir: dir.to_owned(),
+            recovery: info,
+            wake,
+            checkpointer,
+            checkpoint_on_close: options.checkpoint_on_close,
+        };
         if durable.recovery.replayed as u64 >= options.checkpoint_every.max(1) && options.checkpoint_every > 0
         {
             durable.wake.notify_one();
@@ -233,12 +251,12 @@ impl Durable {
         checkpoint(&self.engine, &self.wal).await.map(drop)
     }
 
-    /// Writes what is pending, a last checkpoint (so the next start replays nothing), and stops journaling.
+    /// Writes what is pending, a last checkpoint if configured (so the next start replays nothing), and stops journaling.
     /// The engine is left open for the caller to close. Idempotent.
     pub async fn close(&self) -> Result<(), DurableError> {
         self.stop_checkpointer();
         self.sync().await?;
-        if !self.engine.is_closed() {
+        if self.checkpoint_on_close && !self.engine.is_closed() {
             checkpoint(&self.engine, &self.wal).await?;
         }
         self.engine.set_journal(None);

@@ -719,6 +719,19 @@ impl Engine {
         Ok(true)
     }
 
+    /// The newest published batch: its revision and a digest of its events (a follower's claim to be on
+    /// the leader's line, checked with [`Engine::batch_digest`]).
+    pub(crate) fn last_batch(&self) -> Option<(Revision, u64)> {
+        self.state().history.back().map(|b| (b.revision, digest(b)))
+    }
+
+    /// The digest of the published batch at `revision`, if the history holds it.
+    pub(crate) fn batch_digest(&self, revision: Revision) -> Option<u64> {
+        let st = self.state();
+        let i = st.history.partition_point(|b| b.revision < revision);
+        st.history.get(i).filter(|b| b.revision == revision).map(|b| digest(b))
+    }
+
     /// Every lease and its TTL, by id.
     pub(crate) fn lease_table(&self) -> Vec<(LeaseId, i64)> {
         let st = self.state();
@@ -1001,6 +1014,29 @@ impl Inner {
     pub(crate) fn unregister_watch(&self, id: u64) {
         lock(&self.state).hub.remove(id);
     }
+}
+
+/// A digest of a batch's events (FNV-1a over kind, key, value and counters): equal batches, equal digests,
+/// on every node running this code.
+fn digest(batch: &WatchBatch) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(&batch.revision.to_le_bytes());
+    for e in batch.events.iter() {
+        eat(&[e.kind as u8]);
+        eat(&(e.kv.key.len() as u64).to_le_bytes());
+        eat(&e.kv.key);
+        eat(&(e.kv.value.len() as u64).to_le_bytes());
+        eat(&e.kv.value);
+        eat(&e.kv.create_revision.to_le_bytes());
+        eat(&e.kv.version.to_le_bytes());
+    }
+    h
 }
 
 /// The revision of the newest batch of `history` (0 if empty).

@@ -207,7 +207,10 @@ impl Node {
         let tls = crate::tls::node_server_config(&config)?;
         let (engine, durable) = match &config.data_dir {
             Some(dir) => {
-                let options = crate::durable::DurableOptions::default();
+                // Cluster members keep their log tail at close: replayed at the next start, it rebuilds the
+                // watch history, so watchers resume across a restart.
+                let options = crate::durable::DurableOptions::default()
+                    .with_checkpoint_on_close(config.cluster.is_none());
                 let (engine, durable) =
                     crate::durable::Durable::open(dir, config.engine_config(), options).await?;
                 (engine, Some(Arc::new(durable)))

@@ -720,6 +720,8 @@ struct PeerState {
     revision: Revision,
     /// What ours know to be committed (everything after it is uncommitted), if they know.
     committed: Option<Revision>,
+    /// Ours: the revision and digest of their newest published batch.
+    last_batch: Option<(Revision, u64)>,
     /// The full dump (antietcd nodes always send one; ours send a summary when asked).
     dump: Option<Value>,
 }
@@ -733,7 +735,10 @@ fn peer_state(peer: &str, reply: Result<Value, PeerError>) -> Result<PeerState, 
     let revision = dump.get("mod_revision").and_then(Value::as_i64).unwrap_or(0);
     let summary = dump.get("summary").and_then(Value::as_bool) == Some(true);
     let committed = dump.get("committed").and_then(Value::as_i64);
-    Ok(PeerState { term, revision, committed, dump: (!summary).then_some(dump) })
+    let last_batch = dump
+        .get("last_batch")
+        .and_then(|b| Some((b.get("revision")?.as_i64()?, b.get("digest")?.as_str()?.parse().ok()?)));
+    Ok(PeerState { term, revision, committed, last_batch, dump: (!summary).then_some(dump) })
 }
 
 fn dump_request(term: Term, summary: bool) -> Map<String, Value> {
@@ -816,7 +821,11 @@ async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus
             None if (state.term == line && state.revision <= own_revision) || state.revision == 0 => {
                 Some(state.revision)
             }
-            None => state.committed,
+            // A restarted node does not know what of its log was committed; but if its newest batch is one
+            // we committed (same revision, same events), everything up to it is ours.
+            None => state.committed.or_else(|| {
+                state.last_batch.filter(|(r, d)| engine.batch_digest(*r) == Some(*d)).map(|(r, _)| r)
+            }),
         };
         let catch_up = base.and_then(|base| engine.batches_after(base).map(|b| (base, b)));
         let catch_up = catch_up.map(|(base, batches)| {
@@ -956,6 +965,9 @@ pub(crate) async fn on_peer_message(
                 });
                 if repl.trusted.load(Ordering::Acquire) {
                     summary["committed"] = shared.engine.visible_revision().into();
+                }
+                if let Some((revision, digest)) = shared.engine.last_batch() {
+                    summary["last_batch"] = json!({ "revision": revision, "digest": digest.to_string() });
                 }
                 return vec![super::inbound::reply(request_id, summary)];
             }
