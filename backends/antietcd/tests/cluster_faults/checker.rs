@@ -656,16 +656,18 @@ pub(crate) fn check_watches(
             union.join(", ")
         ));
     }
-    // Explanation by the history. Written values are unique by construction of the workload.
-    let mut writer: HashMap<&str, &Record> = HashMap::new();
+    // Explanation by the history. Written values are unique per key by construction of the workload.
+    let mut writer: HashMap<(&str, &str), &Record> = HashMap::new();
+    let mut written_to: HashMap<&str, &Record> = HashMap::new();
     for r in history {
         if let Some(val) = r.op.written() {
-            if let Some(other) = writer.insert(val, r) {
+            if let Some(other) = writer.insert((r.op.key(), val), r) {
                 v.push(format!("harness error: value {val:?} written twice: {other} and {r}"));
             }
+            written_to.insert(val, r);
         }
     }
-    let mut seen_values: HashMap<&str, i64> = HashMap::new();
+    let mut seen_values: HashMap<(&str, &str), i64> = HashMap::new();
     for (rev, at) in &order {
         for (k, (val, _)) in at {
             if !key_set.contains(k) {
@@ -673,14 +675,16 @@ pub(crate) fn check_watches(
             }
             match val {
                 Some(val) => {
-                    if let Some(first) = seen_values.insert(val, *rev) {
+                    if let Some(first) = seen_values.insert((k, val), *rev) {
                         v.push(format!("value {val:?} of {k} committed twice: revisions {first} and {rev}"));
                     }
-                    match writer.get(val.as_str()) {
-                        None => v.push(format!("rev {rev}: {k}={val:?} was never written by anyone")),
-                        Some(w) if w.op.key() != *k => v.push(format!(
-                            "rev {rev}: {k}={val:?} but that value was written to another key: {w}"
-                        )),
+                    match writer.get(&(*k, val.as_str())) {
+                        None => match written_to.get(val.as_str()) {
+                            Some(w) => v.push(format!(
+                                "rev {rev}: {k}={val:?} but that value was written to another key: {w}"
+                            )),
+                            None => v.push(format!("rev {rev}: {k}={val:?} was never written by anyone")),
+                        },
                         Some(w) => match (&w.outcome, w.revision) {
                             (Outcome::Cas(false), _) => v.push(format!(
                                 "rev {rev}: {k}={val:?} was written by a CAS that failed: {w}"
@@ -1202,6 +1206,20 @@ mod tests {
             vec![log("w1", 5, 8, e.clone()), log("w2", 5, 8, e.clone()), log("w3", 7, 8, e[2..].to_vec())];
         let s = check_watches(&logs, &h, &keys, &finals("c")).unwrap();
         assert_eq!((s.watchers, s.revisions, s.events), (3, 4, 10));
+    }
+
+    #[test]
+    fn values_need_only_be_unique_per_key() {
+        // The long run's clients start their sequence again on each round's fresh keys.
+        let (mut h, mut e, mut keys) = watch_case();
+        h.push(put("z", "a", 9));
+        e.push(ev(9, "z", Some("a")));
+        keys.push("z".into());
+        let mut f = finals("c");
+        for (_, state) in &mut f {
+            state.insert("z".into(), "a".into());
+        }
+        check_watches(&[log("w1", 5, 9, e)], &h, &keys, &f).unwrap();
     }
 
     #[test]
