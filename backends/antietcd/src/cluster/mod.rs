@@ -237,13 +237,14 @@ impl Cluster {
         reply
     }
 
-    /// Sends every message of `bodies` to `to` in order on one link (pipelined: all are sent before any
-    /// reply is awaited) and waits up to `timeout` for all replies; the first error or missing reply fails
-    /// the whole.
+    /// Sends every message of `bodies` (JSON object texts; `request_id` is added) to `to` in order on one
+    /// link (pipelined: all are sent before any reply is awaited) and waits up to `timeout` for all
+    /// replies; the first error or missing reply fails the whole. Texts are serialised once by the caller,
+    /// however many peers they go to.
     pub(crate) async fn request_all(
         &self,
         to: &str,
-        bodies: &[Map<String, Value>],
+        bodies: &[String],
         timeout: Duration,
     ) -> Result<(), PeerError> {
         let link = self.links.get(to).ok_or_else(|| PeerError::Unavailable(to.to_owned()))?;
@@ -252,13 +253,15 @@ impl Cluster {
             let mut replies = Vec::with_capacity(bodies.len());
             for body in bodies {
                 let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-                let mut body = body.clone();
-                body.insert("request_id".into(), id.into());
                 let (tx, rx) = oneshot::channel();
                 link.add_pending(id, tx);
                 ids.push(id);
                 replies.push(rx);
-                let text = Value::Object(body).to_string();
+                let text = match body.trim_end().strip_suffix('}') {
+                    Some(open) if open.trim_end().ends_with('{') => format!("{open}\"request_id\":{id}}}"),
+                    Some(open) => format!("{open},\"request_id\":{id}}}"),
+                    None => return Err(PeerError::Remote("not a JSON object".into())),
+                };
                 link.tx.send(text).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
             }
             for rx in replies {

@@ -222,7 +222,11 @@ impl Cluster {
         let mut status = self.status();
         let mut synced = self.repl.synced.subscribe();
         loop {
-            let st = status.borrow_and_update().clone();
+            // Only what routing needs (cloning the whole status costs allocations on every call).
+            let st = {
+                let s = status.borrow_and_update();
+                View { role: s.role, term: s.term, leader: s.leader.clone() }
+            };
             if leaderonly && st.role != Role::Leader {
                 return Err(unavailable("Not leader"));
             }
@@ -287,7 +291,7 @@ impl Cluster {
     async fn read(
         &self,
         shared: &Arc<Shared>,
-        st: &ClusterStatus,
+        st: &View,
         api: Api,
         body: &Map<String, Value>,
         serializable: bool,
@@ -348,7 +352,7 @@ impl Cluster {
 
     /// Forwards a request to the leader, keeping its answer: status code and message (antietcd turns every
     /// error into 503).
-    async fn forward(&self, st: &ClusterStatus, api: Api, body: &Map<String, Value>) -> ApiResult<String> {
+    async fn forward(&self, st: &View, api: Api, body: &Map<String, Value>) -> ApiResult<String> {
         let leader = st.leader.clone().ok_or_else(|| unavailable("Leader is unavailable"))?;
         let mut req = Map::new();
         req.insert("handler".into(), api.name().into());
@@ -373,6 +377,13 @@ impl Cluster {
             Err(e) => Err(unavailable(e.to_string())),
         }
     }
+}
+
+/// The part of [`ClusterStatus`] a request is routed by.
+struct View {
+    role: Role,
+    term: Term,
+    leader: Option<NodeId>,
 }
 
 fn stopping() -> ApiError {
@@ -544,15 +555,11 @@ async fn run_batch(
     let messages = to_messages(&records, start, st.term);
     let ours = cluster.repl.ours.lock().unwrap_or_else(PoisonError::into_inner).clone();
     // Our followers take the whole batch as one message (one frame, one reply); antietcd's, one by one.
-    let bundled = {
-        let mut m = Map::new();
-        m.insert("batch".into(), Value::Array(messages.iter().cloned().map(Value::Object).collect()));
-        m.insert("term".into(), st.term.into());
-        vec![m]
-    };
+    let texts: Vec<String> = messages.into_iter().map(|m| Value::Object(m).to_string()).collect();
+    let bundled = vec![format!("{{\"batch\":[{}],\"term\":{}}}", texts.join(","), st.term)];
     let replicated = async {
         let sends = peers.iter().map(|peer| {
-            let messages = if ours.contains(peer) { &bundled } else { &messages };
+            let messages = if ours.contains(peer) { &bundled } else { &texts };
             cluster.request_all(peer, messages, cluster.config.timeouts.replication)
         });
         futures::future::join_all(sends).await.into_iter().zip(&peers).try_for_each(|(r, peer)| {
@@ -806,8 +813,9 @@ async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus
     }
     let snapshot = engine.snapshot().map_err(|e| e.to_string())?;
     let own_revision = snapshot.revision;
-    let full: Value = serde_json::from_str(&crate::persist::encode_dump(&snapshot, st.term))
-        .map_err(|e| format!("encoding the dump: {e}"))?;
+    // `{"load": <dump>, "term": T}`, serialised once for every follower that needs it.
+    let full_load =
+        format!("{{\"load\":{},\"term\":{}}}", crate::persist::encode_dump(&snapshot, st.term), st.term);
     let leases: Vec<Value> = engine
         .lease_table()
         .into_iter()
@@ -840,11 +848,9 @@ async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus
                 records.len());
             let mut messages = vec![resume];
             messages.extend(to_messages(&records, base, st.term));
-            messages
+            messages.into_iter().map(|m| Value::Object(m).to_string()).collect::<Vec<String>>()
         });
-        let mut load = Map::new();
-        load.insert("load".into(), full.clone());
-        load.insert("term".into(), st.term.into());
+        let load = full_load.clone();
         async move {
             if let Some(messages) = catch_up {
                 match cluster.request_all(peer, &messages, timeouts.load).await {
