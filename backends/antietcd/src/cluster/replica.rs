@@ -946,9 +946,10 @@ pub(crate) async fn on_peer_message(
                     .await
                     .unwrap_or_else(|_| Err(unavailable("timeout")));
                 let reply = match result {
-                    Ok(text) => match serde_json::from_str::<Value>(&text) {
-                        Ok(v) => super::inbound::reply(request_id.as_ref(), v),
-                        Err(e) => reply_err(request_id.as_ref(), &format!("bad local answer: {e}")),
+                    // The answer is already JSON: spliced in as it is, not parsed and printed again.
+                    Ok(text) => match &request_id {
+                        Some(id) => format!("{{\"request_id\":{id},\"reply\":{}}}", text.trim_end()),
+                        None => format!("{{\"reply\":{}}}", text.trim_end()),
                     },
                     Err(e) => super::inbound::reply(
                         request_id.as_ref(),
