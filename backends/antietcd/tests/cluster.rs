@@ -87,9 +87,23 @@ impl Cluster {
     }
 
     async fn restart_with(&mut self, i: usize, key: &str, data_dir: Option<std::path::PathBuf>) {
+        self.restart_as(i, key, data_dir, None).await;
+    }
+
+    async fn restart_as(
+        &mut self,
+        i: usize,
+        key: &str,
+        data_dir: Option<std::path::PathBuf>,
+        priority: Option<u64>,
+    ) {
         let addr = self.urls[i].trim_start_matches("http://").to_owned();
         let l = TcpListener::bind(addr).await.unwrap();
-        let config = ServerConfig { data_dir, ..cluster_config(&format!("n{}", i + 1), &self.spec, key) };
+        let config = ServerConfig {
+            data_dir,
+            leader_priority: priority,
+            ..cluster_config(&format!("n{}", i + 1), &self.spec, key)
+        };
         self.nodes[i] = Some(Node::with_listener(config, l).await.unwrap());
     }
 
@@ -447,6 +461,57 @@ async fn a_restarted_follower_catches_up_without_a_full_load() {
     }
     assert_eq!(seen[0], ("PUT".to_owned(), "/c/1".to_owned()), "{seen:?}");
     assert_eq!(seen[5], ("DELETE".to_owned(), "/c/0".to_owned()), "{seen:?}");
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A member that was down comes back and is elected leader (its priority) while behind the other member:
+/// it takes the revisions it lacks from that member's history (not its whole state), so its own watch
+/// history stays whole, and it has every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_behind_takes_the_missing_revisions_from_a_follower() {
+    let dir = std::env::temp_dir().join(format!("antietcd-cluster-pull-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dirs: Vec<_> = (0..3).map(|i| dir.join(format!("n{}", i + 1))).collect();
+    let mut c = Cluster::start_with(|_| "secret", |i| Some(dirs[i].clone())).await;
+    let rxs = c.statuses();
+    let (leader, _) = wait_until(&rxs, Duration::from_secs(10), "one leader", agreed).await;
+    let l = index(&leader);
+    let (f, m) = ((l + 1) % 3, (l + 2) % 3);
+    call(&c.urls[l], "/v3/kv/put", json!({"key": b64("/p/0"), "value": b64("0")})).await;
+    c.stop(f).await;
+    let mut first = 0;
+    for i in 1..=3 {
+        let r =
+            call(&c.urls[l], "/v3/kv/put", json!({"key": b64(&format!("/p/{i}")), "value": b64("x")})).await;
+        if i == 1 {
+            first = r["header"]["revision"].as_i64().unwrap();
+        }
+    }
+    c.stop(l).await;
+    c.restart_as(f, "secret", Some(dirs[f].clone()), Some(100)).await;
+    let mut live = c.statuses();
+    live[l] = None;
+    let (new_leader, _) = wait_until(&live, Duration::from_secs(15), "a leader of two", agreed).await;
+    assert_eq!(index(&new_leader), f, "the prioritised member should lead");
+    let expected: Vec<(String, String)> = std::iter::once(("/p/0".to_owned(), "0".to_owned()))
+        .chain((1..=3).map(|i| (format!("/p/{i}"), "x".to_owned())))
+        .collect();
+    wait_for_keys(&[c.urls[f].as_str(), c.urls[m].as_str()], "/p/", &expected).await;
+    let mut ws = Ws::connect(&c.urls[f], "/").await;
+    ws.send(
+        &json!({"create_request": {"key": b64("/p/"), "range_end": b64("/p0"), "start_revision": first}}),
+    )
+    .await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let m = ws.recv().await;
+        assert_ne!(m["result"]["canceled"], true, "the new leader lost its history: {m}");
+        for e in m["result"]["events"].as_array().into_iter().flatten() {
+            seen.push(unb64(&e["kv"]["key"]));
+        }
+    }
+    assert_eq!(seen, vec!["/p/1", "/p/2", "/p/3"]);
     c.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -52,8 +52,8 @@ pub(super) fn error_reply(request_id: Option<&Value>, message: &str) -> String {
     reply(request_id, serde_json::json!({ "error": message }))
 }
 
-/// The peer message kinds, in antietcd's dispatch order (then ours: `commit`, `resume`, `batch`).
-const KINDS: [&str; 13] = [
+/// The peer message kinds, in antietcd's dispatch order (then ours: `commit`, `resume`, `batch`, `history`).
+const KINDS: [&str; 14] = [
     "raft",
     "identify",
     "dump",
@@ -67,6 +67,7 @@ const KINDS: [&str; 13] = [
     "commit",
     "resume",
     "batch",
+    "history",
 ];
 
 impl Inbound {

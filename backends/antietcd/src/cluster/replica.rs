@@ -790,6 +790,21 @@ async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus
     let mut line = own.0;
     if let Some((peer, best)) = best.filter(|(_, s)| (s.term, s.revision) > own) {
         line = best.term;
+        // On the same line (or empty), take the revisions we miss from its history, keeping our own
+        // watch history; else (or if that fails) its whole state.
+        if best.dump.is_none() && (best.term == own.0 || own.1 == 0) {
+            match pull_history(cluster, shared, peer, st.term, own.1).await {
+                Ok(n) => {
+                    tracing::info!(target: "antietcd::cluster", "{}: took {n} revisions from {peer} (up to {})",
+                        cluster.config.node_id, best.revision);
+                    return finish_resync(cluster, shared, st, &peers, &states, line).await;
+                }
+                Err(e) => {
+                    tracing::info!(target: "antietcd::cluster", "{}: history from {peer}: {e}; full dump",
+                    cluster.config.node_id)
+                }
+            }
+        }
         let dump = match &best.dump {
             Some(d) => d.clone(),
             None => {
@@ -811,6 +826,48 @@ async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus
             }
         }
     }
+    finish_resync(cluster, shared, st, &peers, &states, line).await
+}
+
+/// Takes from `peer` (ours, the most advanced) the revisions after `from` and applies them here.
+async fn pull_history(
+    cluster: &Arc<Cluster>,
+    shared: &Arc<Shared>,
+    peer: &str,
+    term: Term,
+    from: Revision,
+) -> Result<usize, String> {
+    let mut req = Map::new();
+    req.insert("history".into(), json!({ "revision": from }));
+    req.insert("term".into(), term.into());
+    let reply = cluster.request(peer, req, cluster.config.timeouts.dump).await.map_err(|e| e.to_string())?;
+    let messages = reply.get("messages").and_then(Value::as_array).ok_or("no messages")?;
+    let engine = &shared.engine;
+    let _gate = cluster.repl.gate.clone().write_owned().await;
+    if engine.revision() != from {
+        return Err("this node moved meanwhile".into());
+    }
+    for m in messages {
+        if let Some(payload) = m.get("replicate") {
+            let change = parse_replicate(payload)?;
+            engine.apply_replicated(&change).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(messages.len())
+}
+
+/// The second half of a resync, once this node holds the winning state: every follower catches up or
+/// is loaded, then the term is stored and everything is committed.
+async fn finish_resync(
+    cluster: &Arc<Cluster>,
+    shared: &Arc<Shared>,
+    st: &ClusterStatus,
+    peers: &[NodeId],
+    states: &[PeerState],
+    line: Term,
+) -> Result<(), String> {
+    let engine = &shared.engine;
+    let timeouts = cluster.config.timeouts;
     let snapshot = engine.snapshot().map_err(|e| e.to_string())?;
     let own_revision = snapshot.revision;
     // `{"load": <dump>, "term": T}`, serialised once for every follower that needs it.
@@ -821,7 +878,7 @@ async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus
         .into_iter()
         .map(|(id, ttl)| json!({ "id": id.to_string(), "ttl": ttl }))
         .collect();
-    let sends = peers.iter().zip(&states).map(|(peer, state)| {
+    let sends = peers.iter().zip(states).map(|(peer, state)| {
         // Where the follower's state is known to be a prefix of ours: all of it if it is on our line (or
         // empty), else what it knows committed (it undoes the rest first).
         let base = match state.dump {
@@ -871,7 +928,7 @@ async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus
     cluster.repl.set_stored_term(st.term).await.map_err(|e| format!("persisting the synced term: {e}"))?;
     // Our own uncommitted batches (if we were the most advanced) are now on every follower: committed.
     engine.release(engine.revision());
-    for peer in &peers {
+    for peer in peers {
         let _ = cluster.links.try_send(
             peer,
             json!({ "commit": { "revision": snapshot.revision }, "term": st.term }).to_string(),
@@ -1028,6 +1085,34 @@ pub(crate) async fn on_peer_message(
             repl.set_synced(Some(term));
             repl.released.notify_waiters();
             vec![reply_ok(request_id)]
+        }
+        "history" => {
+            if let Err(e) = check_leader_of(cluster, peer, term).await {
+                return vec![reply_err(request_id, e)];
+            }
+            let Some(from) = obj.get("history").and_then(|h| h.get("revision")).and_then(Value::as_i64)
+            else {
+                return vec![reply_err(request_id, "bad history request")];
+            };
+            match shared.engine.batches_after(from) {
+                Some(batches) => {
+                    let records: Vec<Record> = batches
+                        .iter()
+                        .map(|b| {
+                            Record::Journal(JournalRecord::Commit {
+                                revision: b.revision,
+                                events: b.events.clone().into(),
+                            })
+                        })
+                        .collect();
+                    let messages: Vec<Value> = to_messages(&records, from, term.unwrap_or(0))
+                        .into_iter()
+                        .map(Value::Object)
+                        .collect();
+                    vec![super::inbound::reply(request_id, json!({ "messages": messages }))]
+                }
+                None => vec![reply_err(request_id, "history compacted")],
+            }
         }
         "resume" => {
             if let Err(e) = check_leader_of(cluster, peer, term).await {
