@@ -103,18 +103,31 @@ impl Process {
     }
 
     fn wait_ready(&mut self, what: &str, ready: impl Fn() -> bool) {
+        if let Err(e) = self.try_wait_ready(what, ready) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until `ready()`; the error (with the log's tail) if the process exits or the wait times out.
+    fn try_wait_ready(&mut self, what: &str, ready: impl Fn() -> bool) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if ready() {
-                return;
+                return Ok(());
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("{what} exited with {status} while starting; log:\n{}", log_tail(&self.log));
+                    return Err(format!(
+                        "{what} exited with {status} while starting; log:\n{}",
+                        log_tail(&self.log)
+                    ));
                 }
             }
             if Instant::now() > deadline {
-                panic!("{what} not ready after {READY_TIMEOUT:?}; log:\n{}", log_tail(&self.log));
+                return Err(format!(
+                    "{what} not ready after {READY_TIMEOUT:?}; log:\n{}",
+                    log_tail(&self.log)
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -214,6 +227,20 @@ impl EtcdServer {
     }
 
     fn start_inner(extra: &[&str], tls: Option<&TlsFiles>) -> EtcdServer {
+        // A port picked free can be taken by a concurrent test before etcd binds it: try other ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut server = Self::configure(extra, tls);
+            match server.try_boot() {
+                Ok(()) => return server,
+                Err(e) if attempt < 4 && e.contains("address already in use") => server.process.kill(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn configure(extra: &[&str], tls: Option<&TlsFiles>) -> EtcdServer {
         let program = match std::env::var_os("ETCD_BIN") {
             Some(bin) => PathBuf::from(bin),
             None => which("etcd")
@@ -245,21 +272,25 @@ impl EtcdServer {
             args.push("--client-cert-auth".into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut server = EtcdServer {
+        EtcdServer {
             tls: tls.is_some(),
             process: Process { program, args, log: dir.join("etcd.log"), child: None },
             dir,
             client_addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
-        };
-        server.boot();
-        server
+        }
     }
 
     fn boot(&mut self) {
+        if let Err(e) = self.try_boot() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_boot(&mut self) -> Result<(), String> {
         self.process.spawn();
         let addr = self.client_addr;
         let tls = self.tls;
-        self.process.wait_ready("etcd", || {
+        self.process.try_wait_ready("etcd", || {
             if tls {
                 // No TLS probe here: an open client port means etcd is serving.
                 return TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok();
@@ -268,7 +299,7 @@ impl EtcdServer {
                 http_probe(addr, "GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n"),
                 Some((200, body)) if body.contains("true")
             )
-        });
+        })
     }
 
     /// The client URL, `http://127.0.0.1:<port>` (`https://` for [`EtcdServer::start_tls`]).
