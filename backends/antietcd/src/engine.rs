@@ -550,24 +550,11 @@ impl Engine {
                 let events: Vec<Event> = events.iter().cloned().collect();
                 st.commit(events, &self.inner.config);
             }
+            // A grant of a lease that exists renews it, keeping its keys (a follower logs renewals so).
             JournalRecord::LeaseGrant { id, ttl } => {
-                let expires = Instant::now() + Duration::from_secs((*ttl).max(1) as u64);
-                let old = st.leases.insert(*id, Lease { ttl: (*ttl).max(1), expires, keys: BTreeSet::new() });
-                if let Some(old) = old {
-                    st.expiry.remove(&(old.expires, *id));
-                }
-                st.expiry.insert((expires, *id));
+                st.upsert_lease(*id, (*ttl).max(1), Instant::now());
             }
-            JournalRecord::LeaseRevoke { id } => {
-                if let Some(lease) = st.leases.remove(id) {
-                    st.expiry.remove(&(lease.expires, *id));
-                    for key in lease.keys {
-                        if let Some(e) = st.kv.get_mut(&key[..]) {
-                            e.lease = None;
-                        }
-                    }
-                }
-            }
+            JournalRecord::LeaseRevoke { id } => st.drop_lease(*id),
             JournalRecord::Compact { revision } => {
                 if *revision > st.compact_revision && *revision <= st.revision {
                     st.compact(*revision);
@@ -753,35 +740,21 @@ impl Engine {
             if let Some(j) = &st.journal {
                 j.record(&JournalRecord::LeaseRevoke { id }).map_err(Error::Journal)?;
             }
-            if let Some(l) = st.leases.remove(&id) {
-                st.expiry.remove(&(l.expires, id));
-                for key in l.keys {
-                    if let Some(e) = st.kv.get_mut(&key[..]) {
-                        e.lease = None;
-                    }
-                }
-            }
+            st.drop_lease(id);
         }
         let now = Instant::now();
         for (id, ttl) in wanted {
             if let Some(j) = &st.journal {
                 j.record(&JournalRecord::LeaseGrant { id, ttl }).map_err(Error::Journal)?;
             }
-            let expires = now + Duration::from_secs(ttl as u64);
-            match st.leases.get_mut(&id) {
-                Some(l) => {
-                    st.expiry.remove(&(l.expires, id));
-                    l.ttl = ttl;
-                    l.expires = expires;
-                }
-                None => {
-                    // Keys may name it already (restored by a rollback while the lease was gone).
-                    let keys =
-                        st.kv.iter().filter(|(_, e)| e.lease == Some(id)).map(|(k, _)| k.clone()).collect();
-                    st.leases.insert(id, Lease { ttl, expires, keys });
+            if st.upsert_lease(id, ttl, now) {
+                // Keys may name it already (restored by a rollback while the lease was gone).
+                let keys: BTreeSet<Bytes> =
+                    st.kv.iter().filter(|(_, e)| e.lease == Some(id)).map(|(k, _)| k.clone()).collect();
+                if let Some(l) = st.leases.get_mut(&id) {
+                    l.keys = keys;
                 }
             }
-            st.expiry.insert((expires, id));
         }
         // Keys naming a lease that does not exist here lose it (it was revoked meanwhile).
         for e in st.kv.values_mut() {
@@ -812,18 +785,7 @@ impl Engine {
                     if let Some(j) = &st.journal {
                         j.record(&JournalRecord::LeaseGrant { id: *id, ttl }).map_err(Error::Journal)?;
                     }
-                    let expires = Instant::now() + Duration::from_secs(ttl as u64);
-                    match st.leases.get_mut(id) {
-                        Some(l) => {
-                            st.expiry.remove(&(l.expires, *id));
-                            l.ttl = ttl;
-                            l.expires = expires;
-                        }
-                        None => {
-                            st.leases.insert(*id, Lease { ttl, expires, keys: BTreeSet::new() });
-                        }
-                    }
-                    st.expiry.insert((expires, *id));
+                    st.upsert_lease(*id, ttl, Instant::now());
                 }
                 None => {
                     if !st.leases.contains_key(id) {
@@ -832,14 +794,7 @@ impl Engine {
                     if let Some(j) = &st.journal {
                         j.record(&JournalRecord::LeaseRevoke { id: *id }).map_err(Error::Journal)?;
                     }
-                    if let Some(l) = st.leases.remove(id) {
-                        st.expiry.remove(&(l.expires, *id));
-                        for key in l.keys {
-                            if let Some(e) = st.kv.get_mut(&key[..]) {
-                                e.lease = None;
-                            }
-                        }
-                    }
+                    st.drop_lease(*id);
                 }
             }
         }
@@ -1171,6 +1126,37 @@ impl State {
             }
         }
         any || compare_entry(None, c)
+    }
+
+    /// Grants lease `id` (ttl seconds from `now`), or renews it keeping its keys. True if it is new.
+    fn upsert_lease(&mut self, id: LeaseId, ttl: i64, now: Instant) -> bool {
+        let expires = now + Duration::from_secs(ttl as u64);
+        let new = match self.leases.get_mut(&id) {
+            Some(l) => {
+                self.expiry.remove(&(l.expires, id));
+                l.ttl = ttl;
+                l.expires = expires;
+                false
+            }
+            None => {
+                self.leases.insert(id, Lease { ttl, expires, keys: BTreeSet::new() });
+                true
+            }
+        };
+        self.expiry.insert((expires, id));
+        new
+    }
+
+    /// Removes lease `id`; its keys stay, without a lease (their deletion, if any, is a separate change).
+    fn drop_lease(&mut self, id: LeaseId) {
+        if let Some(l) = self.leases.remove(&id) {
+            self.expiry.remove(&(l.expires, id));
+            for key in l.keys {
+                if let Some(e) = self.kv.get_mut(&key[..]) {
+                    e.lease = None;
+                }
+            }
+        }
     }
 
     /// Replaces the entry of `key`, keeping lease key sets in step; returns the old entry.

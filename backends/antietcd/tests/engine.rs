@@ -373,3 +373,26 @@ async fn restored_state_has_no_history() {
     assert!(matches!(at(7), Err(Error::Compacted { .. })));
     assert_eq!(e.get(b"k").unwrap().1.unwrap(), kv);
 }
+
+/// A replayed lease grant of a lease that exists renews it and keeps its keys: a follower logs every
+/// replicated keepalive that way, so after a restart the lease still deletes its keys when revoked.
+#[tokio::test]
+async fn replayed_renewal_keeps_the_leases_keys() {
+    let e = engine();
+    let id = LeaseId(7);
+    e.replay(&JournalRecord::LeaseGrant { id, ttl: 60 }).unwrap();
+    let kv = KeyValue {
+        key: Bytes::from_static(b"/leased"),
+        value: Bytes::from_static(b"v"),
+        create_revision: 1,
+        mod_revision: 1,
+        version: 1,
+        lease: Some(id),
+    };
+    let events = vec![Event { kind: EventKind::Put, kv, prev_kv: None }];
+    e.replay(&JournalRecord::Commit { revision: 1, events: events.into() }).unwrap();
+    e.replay(&JournalRecord::LeaseGrant { id, ttl: 60 }).unwrap();
+    assert_eq!(e.lease_time_to_live(id, true).unwrap().keys, vec![Bytes::from_static(b"/leased")]);
+    e.lease_revoke(id).unwrap();
+    assert!(e.get(b"/leased").unwrap().1.is_none(), "the revoked lease's key must be gone");
+}

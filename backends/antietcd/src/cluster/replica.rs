@@ -755,6 +755,21 @@ fn dump_request(term: Term, summary: bool) -> Map<String, Value> {
     req
 }
 
+/// The `replicate` messages that replay history `batches` (all after revision `from`).
+fn history_messages(
+    batches: &[Arc<crate::types::WatchBatch>],
+    from: Revision,
+    term: Term,
+) -> Vec<Map<String, Value>> {
+    let records: Vec<Record> = batches
+        .iter()
+        .map(|b| {
+            Record::Journal(JournalRecord::Commit { revision: b.revision, events: b.events.clone().into() })
+        })
+        .collect();
+    to_messages(&records, from, term)
+}
+
 /// antietcd's resync (section 5.3), without its faults: every follower reports its state (antietcd nodes
 /// with a full `dump`; ours, asked for a summary, with their stored term and revision); a failure fails the
 /// resync, which is retried, instead of stalling it. The most advanced state (highest stored term, then
@@ -897,14 +912,10 @@ async fn finish_resync(
             let mut resume = Map::new();
             resume.insert("resume".into(), json!({ "revision": base, "leases": leases }));
             resume.insert("term".into(), st.term.into());
-            let records: Vec<Record> = batches
-                .iter()
-                .map(|b| Record::Journal(JournalRecord::Commit { revision: b.revision, events: b.events.clone().into() }))
-                .collect();
             tracing::debug!(target: "antietcd::cluster", "{peer} catches up from revision {base} ({} revisions)",
-                records.len());
+                batches.len());
             let mut messages = vec![resume];
-            messages.extend(to_messages(&records, base, st.term));
+            messages.extend(history_messages(&batches, base, st.term));
             messages.into_iter().map(|m| Value::Object(m).to_string()).collect::<Vec<String>>()
         });
         let load = full_load.clone();
@@ -1096,16 +1107,7 @@ pub(crate) async fn on_peer_message(
             };
             match shared.engine.batches_after(from) {
                 Some(batches) => {
-                    let records: Vec<Record> = batches
-                        .iter()
-                        .map(|b| {
-                            Record::Journal(JournalRecord::Commit {
-                                revision: b.revision,
-                                events: b.events.clone().into(),
-                            })
-                        })
-                        .collect();
-                    let messages: Vec<Value> = to_messages(&records, from, term.unwrap_or(0))
+                    let messages: Vec<Value> = history_messages(&batches, from, term.unwrap_or(0))
                         .into_iter()
                         .map(Value::Object)
                         .collect();
