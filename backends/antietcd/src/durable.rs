@@ -108,6 +108,10 @@ pub struct RecoveryInfo {
     pub truncated: Option<(PathBuf, u64)>,
     /// The revision after recovery.
     pub revision: Revision,
+    /// The highest revision the log says a cluster committed ([`Journal::committed`]) since the
+    /// checkpoint: the changes after it may be uncommitted. `None` outside a cluster, or if no note came
+    /// after the checkpoint.
+    pub committed: Option<Revision>,
     /// How long recovery took.
     pub duration: Duration,
 }
@@ -144,6 +148,14 @@ impl Journal for WalJournal {
         }
         Ok(())
     }
+
+    fn committed(&self, revision: Revision) {
+        // Not synced on its own: it reaches the disk with the next change's group commit, and a lost note
+        // only leaves more of the log looking uncommitted.
+        if let Err(e) = self.wal.append(encode_committed(revision)) {
+            tracing::warn!(error = %e, "could not log a commit note");
+        }
+    }
 }
 
 impl Durable {
@@ -169,6 +181,11 @@ impl Durable {
             engine.load(&snapshot)?;
         }
         for (seq, payload) in &recovered.records {
+            if payload.first() == Some(&RECORD_COMMITTED) {
+                let revision = decode_committed(payload).map_err(|r| decode_err(*seq, r))?;
+                info.committed = info.committed.max(Some(revision));
+                continue;
+            }
             let record = decode_record(payload).map_err(|r| decode_err(*seq, r))?;
             engine.replay(&record)?;
         }
@@ -300,6 +317,8 @@ const RECORD_COMMIT: u8 = 1;
 const RECORD_LEASE_GRANT: u8 = 2;
 const RECORD_LEASE_REVOKE: u8 = 3;
 const RECORD_COMPACT: u8 = 4;
+/// Not a change: [`Journal::committed`]'s note.
+const RECORD_COMMITTED: u8 = 5;
 const SNAPSHOT_V1: u8 = 1;
 
 fn put_i64(buf: &mut Vec<u8>, v: i64) {
@@ -350,6 +369,21 @@ fn encode_record(record: &JournalRecord<'_>) -> Vec<u8> {
         }
     }
     buf
+}
+
+fn encode_committed(revision: Revision) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(9);
+    buf.push(RECORD_COMMITTED);
+    put_i64(&mut buf, revision);
+    buf
+}
+
+fn decode_committed(data: &[u8]) -> Result<Revision, String> {
+    let mut r = Reader { data, at: 0 };
+    r.u8()?;
+    let revision = r.i64()?;
+    r.end()?;
+    Ok(revision)
 }
 
 fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
@@ -528,5 +562,73 @@ mod tests {
         }
         assert!(decode_record(&[99]).is_err());
         assert!(decode_snapshot(&[2]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+    use crate::PutRequest;
+
+    /// A cluster member's log notes what was committed: after a restart, the tail after the note can be
+    /// held again and undone from the previous values replay rebuilt, back to the exact committed state.
+    #[tokio::test]
+    async fn the_uncommitted_tail_of_a_restart_can_be_undone() {
+        let dir = std::env::temp_dir().join(format!("antietcd-durable-undo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let options = DurableOptions::default().with_checkpoint_on_close(false);
+        let (engine, durable) = Durable::open(&dir, Config::default(), options.clone()).await.unwrap();
+        engine.set_hold(true);
+        engine.put(PutRequest::new("a", "1")).unwrap();
+        engine.put(PutRequest::new("b", "1")).unwrap();
+        engine.release(2);
+        engine.put(PutRequest::new("a", "2")).unwrap();
+        engine
+            .delete_range(&crate::DeleteRequest { range: crate::KeyRange::key("b"), prev_kv: false })
+            .unwrap();
+        engine.put(PutRequest::new("c", "3")).unwrap();
+        durable.close().await.unwrap();
+        engine.close();
+
+        let (engine, durable) = Durable::open(&dir, Config::default(), options).await.unwrap();
+        assert_eq!(durable.recovery().committed, Some(2));
+        assert_eq!(decode_committed(&encode_committed(2)), Ok(2));
+        assert!(decode_committed(&encode_committed(2)[..5]).is_err());
+        assert_eq!(engine.revision(), 5);
+        assert!(!engine.hold_after(6), "nothing after the newest revision");
+        assert!(engine.hold_after(2));
+        assert_eq!(engine.visible_revision(), 2);
+        assert!(engine.rollback_held().unwrap());
+        assert_eq!(engine.revision(), 2);
+        let value = |k: &str| engine.get(k.as_bytes()).unwrap().1.map(|kv| kv.value);
+        assert_eq!(value("a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(value("b").as_deref(), Some(&b"1"[..]));
+        assert_eq!(value("c"), None);
+        durable.close().await.unwrap();
+        engine.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Without a note after the last checkpoint nothing is known committed, and a note older than the
+    /// checkpoint cannot be honoured: the checkpoint holds the tail.
+    #[tokio::test]
+    async fn no_note_after_a_checkpoint_means_nothing_to_hold() {
+        let dir = std::env::temp_dir().join(format!("antietcd-durable-nonote-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let options = DurableOptions::default().with_checkpoint_on_close(false);
+        let (engine, durable) = Durable::open(&dir, Config::default(), options.clone()).await.unwrap();
+        engine.set_hold(true);
+        engine.put(PutRequest::new("a", "1")).unwrap();
+        engine.release(1);
+        engine.put(PutRequest::new("a", "2")).unwrap();
+        durable.checkpoint().await.unwrap();
+        durable.close().await.unwrap();
+        engine.close();
+        let (engine, durable) = Durable::open(&dir, Config::default(), options).await.unwrap();
+        assert_eq!(durable.recovery().committed, None);
+        assert!(!engine.hold_after(1), "the checkpoint at revision 2 holds what came after 1");
+        durable.close().await.unwrap();
+        engine.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -34,6 +34,12 @@ pub const MAX_TXN_DEPTH: usize = 16;
 pub trait Journal: Send + Sync + std::fmt::Debug + 'static {
     /// Logs one change.
     fn record(&self, record: &JournalRecord<'_>) -> Result<(), String>;
+
+    /// Notes that a cluster committed everything up to `revision` (a cluster member publishes its held
+    /// changes). Not a change of state: a journal may keep it so that, after a restart, the changes after
+    /// it are known to be uncommitted and can be undone (see [`crate::durable::RecoveryInfo::committed`]).
+    /// A lost note only makes more of the log look uncommitted. The default ignores it.
+    fn committed(&self, _revision: Revision) {}
 }
 
 /// One journaled change. Replaying them in order with [`Engine::replay`], on top of the state they started
@@ -528,27 +534,29 @@ impl Engine {
                 if *revision <= st.revision {
                     return Ok(()); // Already in the state it replays onto.
                 }
+                // The log keeps no previous values; the state it replays onto has them, and the history
+                // needs them (watchers asking for prev_kv, and undoing an uncommitted tail in a cluster).
+                let mut replayed = Vec::with_capacity(events.len());
                 for e in events.iter() {
-                    match e.kind {
-                        EventKind::Put => {
-                            let lease = e.kv.lease.filter(|id| st.leases.contains_key(id));
-                            let entry = Entry {
-                                value: e.kv.value.clone(),
-                                create_revision: e.kv.create_revision,
-                                mod_revision: e.kv.mod_revision,
-                                version: e.kv.version,
-                                lease,
-                            };
-                            st.set_entry(&e.kv.key, Some(entry));
-                        }
-                        EventKind::Delete => {
-                            st.set_entry(&e.kv.key, None);
-                        }
-                    }
+                    let entry = match e.kind {
+                        EventKind::Put => Some(Entry {
+                            value: e.kv.value.clone(),
+                            create_revision: e.kv.create_revision,
+                            mod_revision: e.kv.mod_revision,
+                            version: e.kv.version,
+                            lease: e.kv.lease.filter(|id| st.leases.contains_key(id)),
+                        }),
+                        EventKind::Delete => None,
+                    };
+                    let old = st.set_entry(&e.kv.key, entry);
+                    replayed.push(Event {
+                        kind: e.kind,
+                        kv: e.kv.clone(),
+                        prev_kv: old.map(|o| o.to_kv(&e.kv.key)),
+                    });
                 }
                 st.revision = revision - 1;
-                let events: Vec<Event> = events.iter().cloned().collect();
-                st.commit(events, &self.inner.config);
+                st.commit(replayed, &self.inner.config);
             }
             // A grant of a lease that exists renews it, keeping its keys (a follower logs renewals so).
             JournalRecord::LeaseGrant { id, ttl } => {
@@ -626,15 +634,37 @@ impl Engine {
         }
     }
 
-    /// Publishes the held batches up to `upto`: the cluster committed them.
+    /// Publishes the held batches up to `upto`: the cluster committed them. The journal is told (see
+    /// [`Journal::committed`]).
     pub(crate) fn release(&self, upto: Revision) {
         let mut st = self.state();
         let st = &mut *st;
+        let mut published = false;
         while st.held.front().is_some_and(|b| b.revision <= upto) {
             if let Some(b) = st.held.pop_front() {
                 st.publish(b, &self.inner.config);
+                published = true;
             }
         }
+        if let (true, Some(journal)) = (published, &st.journal) {
+            journal.committed(st.visible_revision());
+        }
+    }
+
+    /// Holds again the published batches after `revision`: on a restarted cluster member, the log's tail
+    /// after the last revision it knew committed, so that it can be undone ([`Engine::rollback_held`]) if
+    /// the cluster's leader does not have it. Only before anyone watches. Returns `false`, changing
+    /// nothing, if the history does not reach back to `revision` (a checkpoint after it, say).
+    pub(crate) fn hold_after(&self, revision: Revision) -> bool {
+        let mut st = self.state();
+        let st = &mut *st;
+        if revision > st.revision || revision + 1 < st.compact_revision || !st.held.is_empty() {
+            return false;
+        }
+        let keep = st.history.partition_point(|b| b.revision <= revision);
+        let tail = st.history.split_off(keep);
+        st.held.extend(tail);
+        true
     }
 
     /// Whether some applied batch is still held (not known to be committed).

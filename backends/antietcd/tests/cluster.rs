@@ -516,6 +516,73 @@ async fn a_leader_behind_takes_the_missing_revisions_from_a_follower() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A member restarts with a log tail the cluster never committed (a leader killed mid-write; here written
+/// straight into its log while the cluster is down), and meanwhile the others committed other changes at
+/// the same revisions. Its log's commit notes tell it which tail is uncommitted: it undoes that tail and
+/// takes the missing revisions one by one, so its watch history stays whole (a full load would cancel a
+/// watch from before the tail as compacted) and the foreign key is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_undoes_its_uncommitted_tail() {
+    let dir = std::env::temp_dir().join(format!("antietcd-cluster-undo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dirs: Vec<_> = (0..3).map(|i| dir.join(format!("n{}", i + 1))).collect();
+    let mut c = Cluster::start_with(|_| "secret", |i| Some(dirs[i].clone())).await;
+    let rxs = c.statuses();
+    let (leader, _) = wait_until(&rxs, Duration::from_secs(10), "one leader", agreed).await;
+    let r = call(&c.urls[index(&leader)], "/v3/kv/put", json!({"key": b64("/u/0"), "value": b64("0")})).await;
+    let first = r["header"]["revision"].as_i64().unwrap();
+    let zero = vec![("/u/0".to_owned(), "0".to_owned())];
+    wait_for_keys(&c.urls.iter().map(String::as_str).collect::<Vec<_>>(), "/u/", &zero).await;
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+    // The tail: a change applied and logged by member x but never replicated.
+    let x = 0;
+    {
+        let options = antietcd::durable::DurableOptions::default().with_checkpoint_on_close(false);
+        let (engine, durable) =
+            antietcd::durable::Durable::open(&dirs[x], antietcd::Config::default(), options).await.unwrap();
+        assert_eq!(durable.recovery().committed, Some(first), "the log notes what was committed");
+        engine.put(antietcd::PutRequest::new("/u/foreign", "x")).unwrap();
+        durable.close().await.unwrap();
+        engine.close();
+    }
+    for i in (0..3).filter(|i| *i != x) {
+        c.restart_with(i, "secret", Some(dirs[i].clone())).await;
+    }
+    let mut live = c.statuses();
+    live[x] = None;
+    let (leader, _) = wait_until(&live, Duration::from_secs(15), "a leader of two", agreed).await;
+    for i in 1..=3 {
+        call(
+            &c.urls[index(&leader)],
+            "/v3/kv/put",
+            json!({"key": b64(&format!("/u/{i}")), "value": b64("y")}),
+        )
+        .await;
+    }
+    c.restart_with(x, "secret", Some(dirs[x].clone())).await;
+    let expected: Vec<(String, String)> =
+        zero.into_iter().chain((1..=3).map(|i| (format!("/u/{i}"), "y".to_owned()))).collect();
+    wait_for_keys(&[c.urls[x].as_str()], "/u/", &expected).await;
+    let mut ws = Ws::connect(&c.urls[x], "/").await;
+    ws.send(
+        &json!({"create_request": {"key": b64("/u/"), "range_end": b64("/u0"), "start_revision": first}}),
+    )
+    .await;
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let m = ws.recv().await;
+        assert_ne!(m["result"]["canceled"], true, "the restarted member lost its history: {m}");
+        for e in m["result"]["events"].as_array().into_iter().flatten() {
+            seen.push(unb64(&e["kv"]["key"]));
+        }
+    }
+    assert_eq!(seen, vec!["/u/0", "/u/1", "/u/2", "/u/3"]);
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_term_is_persisted_in_the_data_dir() {
     let dir = std::env::temp_dir().join(format!("antietcd-cluster-term-{}", std::process::id()));

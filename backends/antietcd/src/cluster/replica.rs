@@ -78,8 +78,8 @@ pub(crate) struct Replica {
     ours: Mutex<BTreeSet<NodeId>>,
     /// Woken whenever a follower publishes committed changes (reads waiting for a read index).
     released: tokio::sync::Notify,
-    /// Whether this process has been synced once: only then is the engine's visible revision known to be
-    /// committed (a restarted node's log tail may not be).
+    /// Whether the engine's visible revision is known to be committed: once this process has been synced,
+    /// or after a restart whose log noted what was committed (the tail after it is held).
     trusted: AtomicBool,
 }
 
@@ -175,6 +175,12 @@ impl Journal for Tap {
         }
         Ok(())
     }
+
+    fn committed(&self, revision: Revision) {
+        if let Some(Some(inner)) = self.inner.get() {
+            inner.committed(revision);
+        }
+    }
 }
 
 impl Tap {
@@ -190,6 +196,17 @@ pub(crate) fn attach(cluster: &Arc<Cluster>, shared: &Arc<Shared>) {
     let _ = repl.shared.set(Arc::downgrade(shared));
     let engine = &shared.engine;
     engine.set_hold(true);
+    // A restart replayed the log: what it wrote after the last revision it knew committed may not be on
+    // the cluster's line. Held again, that tail can be undone at the resync (keeping the watch history
+    // whole) instead of being replaced by a full load; and the rest is known committed.
+    let committed = shared.durable.as_ref().and_then(|d| d.recovery().committed);
+    if let Some(committed) = committed {
+        if engine.hold_after(committed) {
+            repl.trusted.store(true, Ordering::Release);
+            tracing::info!(target: "antietcd::cluster", "{}: restarted at revision {}, committed {committed}",
+                cluster.config.node_id, engine.revision());
+        }
+    }
     engine.pause_lease_expiry(true);
     let _ = repl.tap.inner.set(engine.journal());
     engine.set_journal(Some(repl.tap.clone()));
