@@ -447,18 +447,7 @@ async fn a_restarted_follower_catches_up_without_a_full_load() {
     wait_for_keys(&[c.urls[f].as_str()], "/c/", &expected).await;
     // It got the revisions it missed one by one: its history has them (a full load would start the history
     // after the loaded revision, and this watch would be told Compacted).
-    let mut ws = Ws::connect(&c.urls[f], "/").await;
-    let watch =
-        json!({"create_request": {"key": b64("/c/"), "range_end": b64("/c0"), "start_revision": first}});
-    ws.send(&watch).await;
-    let mut seen = Vec::new();
-    while seen.len() < 6 {
-        let m = ws.recv().await;
-        assert_ne!(m["result"]["canceled"], true, "the follower lost its history: {m}");
-        for e in m["result"]["events"].as_array().into_iter().flatten() {
-            seen.push((e["type"].as_str().unwrap_or("PUT").to_owned(), unb64(&e["kv"]["key"])));
-        }
-    }
+    let seen = history_from(&c.urls[f], "/c/", first, 6).await;
     assert_eq!(seen[0], ("PUT".to_owned(), "/c/1".to_owned()), "{seen:?}");
     assert_eq!(seen[5], ("DELETE".to_owned(), "/c/0".to_owned()), "{seen:?}");
     c.shutdown().await;
@@ -498,20 +487,9 @@ async fn a_leader_behind_takes_the_missing_revisions_from_a_follower() {
         .chain((1..=3).map(|i| (format!("/p/{i}"), "x".to_owned())))
         .collect();
     wait_for_keys(&[c.urls[f].as_str(), c.urls[m].as_str()], "/p/", &expected).await;
-    let mut ws = Ws::connect(&c.urls[f], "/").await;
-    ws.send(
-        &json!({"create_request": {"key": b64("/p/"), "range_end": b64("/p0"), "start_revision": first}}),
-    )
-    .await;
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        let m = ws.recv().await;
-        assert_ne!(m["result"]["canceled"], true, "the new leader lost its history: {m}");
-        for e in m["result"]["events"].as_array().into_iter().flatten() {
-            seen.push(unb64(&e["kv"]["key"]));
-        }
-    }
-    assert_eq!(seen, vec!["/p/1", "/p/2", "/p/3"]);
+    let seen = history_from(&c.urls[f], "/p/", first, 3).await;
+    let keys: Vec<&str> = seen.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(keys, ["/p/1", "/p/2", "/p/3"]);
     c.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -565,20 +543,9 @@ async fn a_restarted_member_undoes_its_uncommitted_tail() {
     let expected: Vec<(String, String)> =
         zero.into_iter().chain((1..=3).map(|i| (format!("/u/{i}"), "y".to_owned()))).collect();
     wait_for_keys(&[c.urls[x].as_str()], "/u/", &expected).await;
-    let mut ws = Ws::connect(&c.urls[x], "/").await;
-    ws.send(
-        &json!({"create_request": {"key": b64("/u/"), "range_end": b64("/u0"), "start_revision": first}}),
-    )
-    .await;
-    let mut seen = Vec::new();
-    while seen.len() < 4 {
-        let m = ws.recv().await;
-        assert_ne!(m["result"]["canceled"], true, "the restarted member lost its history: {m}");
-        for e in m["result"]["events"].as_array().into_iter().flatten() {
-            seen.push(unb64(&e["kv"]["key"]));
-        }
-    }
-    assert_eq!(seen, vec!["/u/0", "/u/1", "/u/2", "/u/3"]);
+    let seen = history_from(&c.urls[x], "/u/", first, 4).await;
+    let keys: Vec<&str> = seen.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(keys, ["/u/0", "/u/1", "/u/2", "/u/3"]);
     c.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -889,6 +856,26 @@ async fn put_retrying(url: &str, key: &str, value: &str) {
 }
 
 /// Waits until every node in `urls` lists exactly `expected` under `prefix` (at most 10 s).
+/// The first `n` events (type, key) under `prefix` from `start` on a new watch at `url`; fails if the
+/// watch is cancelled (the member's history no longer reaches back to `start`: it took a full load).
+async fn history_from(url: &str, prefix: &str, start: i64, n: usize) -> Vec<(String, String)> {
+    let end = format!("{}0", prefix.trim_end_matches('/'));
+    let mut ws = Ws::connect(url, "/").await;
+    ws.send(
+        &json!({"create_request": {"key": b64(prefix), "range_end": b64(&end), "start_revision": start}}),
+    )
+    .await;
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let m = ws.recv().await;
+        assert_ne!(m["result"]["canceled"], true, "{url} lost its watch history: {m}");
+        for e in m["result"]["events"].as_array().into_iter().flatten() {
+            seen.push((e["type"].as_str().unwrap_or("PUT").to_owned(), unb64(&e["kv"]["key"])));
+        }
+    }
+    seen
+}
+
 async fn wait_for_keys(urls: &[&str], prefix: &str, expected: &[(String, String)]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     for url in urls {
