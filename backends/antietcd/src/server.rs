@@ -137,6 +137,22 @@ pub(crate) fn metrics_text(shared: &Shared) -> String {
         metric(&mut out, "gauge", "antietcd_persist_durable_revision", p.durable());
         metric(&mut out, "gauge", "antietcd_persist_failed", i32::from(p.check().is_err()));
     }
+    if let Some(c) = &shared.cluster {
+        let r = &c.repl.stats;
+        metric(
+            &mut out,
+            "counter",
+            "antietcd_cluster_full_loads_total",
+            r.full_loads.load(Ordering::Relaxed),
+        );
+        metric(&mut out, "counter", "antietcd_cluster_catch_ups_total", r.catch_ups.load(Ordering::Relaxed));
+        metric(
+            &mut out,
+            "counter",
+            "antietcd_cluster_undone_tails_total",
+            r.undone_tails.load(Ordering::Relaxed),
+        );
+    }
     if let Some(d) = &shared.durable {
         let w = d.wal_stats();
         metric(&mut out, "counter", "antietcd_wal_records_total", w.records);

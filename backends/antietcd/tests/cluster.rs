@@ -544,6 +544,9 @@ async fn a_restarted_member_undoes_its_uncommitted_tail() {
         zero.into_iter().chain((1..=3).map(|i| (format!("/u/{i}"), "y".to_owned()))).collect();
     wait_for_keys(&[c.urls[x].as_str()], "/u/", &expected).await;
     let seen = history_from(&c.urls[x], "/u/", first, 4).await;
+    assert_eq!(metric(&c.urls[x], "antietcd_cluster_undone_tails_total").await, Some(1));
+    assert_eq!(metric(&c.urls[x], "antietcd_cluster_full_loads_total").await, Some(0));
+    assert!(metric(&c.urls[x], "antietcd_cluster_catch_ups_total").await >= Some(1));
     let keys: Vec<&str> = seen.iter().map(|(_, k)| k.as_str()).collect();
     assert_eq!(keys, ["/u/0", "/u/1", "/u/2", "/u/3"]);
     c.shutdown().await;

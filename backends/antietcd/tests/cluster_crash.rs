@@ -191,8 +191,23 @@ async fn crash_loop(loops: usize) {
     let acked = Arc::new(Mutex::new(vec![0u64; CLIENTS]));
     let mut rng = rand::rng();
     let mut failover = Vec::new();
+    // How the members' resyncs went, from their counters (which restart with each process).
+    const RESYNC: [&str; 3] = [
+        "antietcd_cluster_catch_ups_total",
+        "antietcd_cluster_undone_tails_total",
+        "antietcd_cluster_full_loads_total",
+    ];
+    let mut counted = [[0u64; 3]; 3];
+    let mut resyncs = [0u64; 3];
     for round in 0..=loops {
         let leader = settled(&http, &members).await;
+        for (m, counted) in members.iter().zip(&mut counted) {
+            for (k, name) in RESYNC.iter().enumerate() {
+                let now = common::metric(&m.url, name).await.unwrap_or(0);
+                resyncs[k] += now.saturating_sub(counted[k]);
+                counted[k] = now;
+            }
+        }
         let acked_now = acked.lock().unwrap().clone();
         let mut starts = [0u64; CLIENTS];
         for url in &urls {
@@ -236,14 +251,19 @@ async fn crash_loop(loops: usize) {
             t.await.unwrap();
         }
         members[leader].start(&spec, &format!("n{}", leader + 1));
+        counted[leader] = [0; 3];
     }
     let total: u64 = acked.lock().unwrap().iter().sum();
     failover.sort();
     println!(
         "{loops} leader kills; every acknowledged transaction present on every member, none half-done; \
-         writes again after a kill: median {:?}, max {:?}",
+         writes again after a kill: median {:?}, max {:?}; resyncs: {} catch-ups ({} after undoing an \
+         uncommitted tail), {} full loads",
         failover.get(failover.len() / 2),
-        failover.last()
+        failover.last(),
+        resyncs[0],
+        resyncs[1],
+        resyncs[2]
     );
     assert!(total > 0, "the clients wrote nothing");
     drop(members);

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 use tinyraft::{NodeId, Role, Term};
@@ -81,6 +81,21 @@ pub(crate) struct Replica {
     /// Whether the engine's visible revision is known to be committed: once this process has been synced,
     /// or after a restart whose log noted what was committed (the tail after it is held).
     trusted: AtomicBool,
+    /// How this node's resyncs went (`/metrics`).
+    pub(crate) stats: ResyncStats,
+}
+
+/// How often this node's state was brought in line in a resync, by which means (`/metrics`): catching up
+/// keeps the watch history, a full load cancels watchers as lagging.
+#[derive(Debug, Default)]
+pub(crate) struct ResyncStats {
+    /// States replaced whole by another node's (`load` on a follower, a leader taking a winner's dump),
+    /// counted only when something changed.
+    pub(crate) full_loads: AtomicU64,
+    /// Catch-ups with the missing revisions only (`resume` on a follower, `history` pulled by a leader).
+    pub(crate) catch_ups: AtomicU64,
+    /// Uncommitted tails undone before a catch-up.
+    pub(crate) undone_tails: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +123,7 @@ impl Replica {
             ours: Mutex::new(BTreeSet::new()),
             released: tokio::sync::Notify::new(),
             trusted: AtomicBool::new(false),
+            stats: ResyncStats::default(),
         }
     }
 
@@ -827,6 +843,7 @@ async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus
         if best.dump.is_none() && (best.term == own.0 || own.1 == 0) {
             match pull_history(cluster, shared, peer, st.term, own.1).await {
                 Ok(n) => {
+                    cluster.repl.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(target: "antietcd::cluster", "{}: took {n} revisions from {peer} (up to {})",
                         cluster.config.node_id, best.revision);
                     return finish_resync(cluster, shared, st, &peers, &states, line).await;
@@ -853,6 +870,7 @@ async fn resync(cluster: &Arc<Cluster>, shared: &Arc<Shared>, st: &ClusterStatus
             engine.load_replicated(&snapshot).map_err(|e| format!("loading the state of {peer}: {e}"))?;
         drop(gate);
         if changed {
+            cluster.repl.stats.full_loads.fetch_add(1, Ordering::Relaxed);
             if let Some(d) = &shared.durable {
                 d.checkpoint().await.map_err(|e| format!("checkpointing the loaded state: {e}"))?;
             }
@@ -1100,6 +1118,7 @@ pub(crate) async fn on_peer_message(
                 Err(e) => return vec![reply_err(request_id, &e.to_string())],
             };
             if changed {
+                repl.stats.full_loads.fetch_add(1, Ordering::Relaxed);
                 if let Some(d) = &shared.durable {
                     if let Err(e) = d.checkpoint().await {
                         return vec![reply_err(request_id, &format!("checkpointing the loaded state: {e}"))];
@@ -1154,6 +1173,7 @@ pub(crate) async fn on_peer_message(
                 };
                 match undone {
                     Ok(true) => {
+                        repl.stats.undone_tails.fetch_add(1, Ordering::Relaxed);
                         if let Some(d) = &shared.durable {
                             if let Err(e) = d.checkpoint().await {
                                 return vec![reply_err(
@@ -1184,6 +1204,7 @@ pub(crate) async fn on_peer_message(
             if let Err(e) = repl.set_stored_term(term).await {
                 return vec![reply_err(request_id, &format!("persisting the synced term: {e}"))];
             }
+            repl.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
             repl.set_synced(Some(term));
             repl.released.notify_waiters();
             vec![reply_ok(request_id)]

@@ -125,6 +125,12 @@ pub async fn call(base: &str, path: &str, body: Value) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The value of the unlabelled sample `name` in our server's `/metrics` (None if unreachable or absent).
+pub async fn metric(base: &str, name: &str) -> Option<u64> {
+    let text = client().get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 pub fn b64(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
