@@ -22,7 +22,7 @@ use axum::extract::ws::{Message, WebSocket};
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use hyper::StatusCode;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -44,9 +44,13 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request) -> Response {
     };
     let token = shared.tracker.token();
     let max = shared.max_ws_message_bytes;
-    // A small read buffer: an idle watcher's socket is most of its memory; larger messages grow it.
-    ws.read_buffer_size(1024).write_buffer_size(0).max_message_size(max).max_frame_size(max).on_upgrade(
-        move |socket| async move {
+    // A small read buffer: an idle watcher's socket is most of its memory; larger messages grow it. Frames
+    // written together (see `Session::run`) are gathered up to 16 KiB, so that they leave in one write.
+    ws.read_buffer_size(1024)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
             let _permit = permit;
             let _token = token;
             shared.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
@@ -54,8 +58,7 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request) -> Response {
             session.peer = session.peer.take().map(|p| p.with_client_certificates(client_certificates));
             session.run(socket).await;
             shared.metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
-        },
-    )
+        })
 }
 
 /// The client-visible id of a watch, with the JSON type it was given in; keyed by its text, as antietcd
@@ -98,7 +101,7 @@ impl Session {
         let stopping = self.shared.stopping.clone();
         let mut keepalive = Keepalive::new(self.shared.ws_keepalive);
         loop {
-            let out: Vec<String> = tokio::select! {
+            let mut out: Vec<String> = tokio::select! {
                 msg = socket.recv() => match msg {
                     Some(Ok(Message::Text(t))) => {
                         keepalive.heard();
@@ -106,7 +109,11 @@ impl Session {
                     }
                     Some(Ok(Message::Binary(b))) => {
                         keepalive.heard();
-                        self.on_message(&b).await
+                        match self.peer.as_mut() {
+                            // Our cluster leader's batch of changes: not JSON (see `cluster::frame`).
+                            Some(peer) if crate::cluster::is_batch_frame(&b) => peer.on_batch(&b).await,
+                            _ => self.on_message(&b).await,
+                        }
                     }
                     Some(Ok(Message::Pong(_))) | Some(Ok(Message::Ping(_))) => {
                         keepalive.heard();
@@ -127,13 +134,26 @@ impl Session {
                     break;
                 }
             };
+            // Peer replies that are ready too (a leader answers a whole batch of forwarded requests at
+            // once) leave in the same write: one system call, not one per frame.
+            if let Some(peer) = self.peer.as_mut() {
+                while out.len() < 64 {
+                    match peer.try_next_reply() {
+                        Some(text) => out.push(text),
+                        None => break,
+                    }
+                }
+            }
             for text in out {
                 if self.shared.logs.watch {
                     tracing::info!(target: "antietcd::watch", "<- {text}");
                 }
-                if socket.send(Message::Text(text.into())).await.is_err() {
+                if socket.feed(Message::Text(text.into())).await.is_err() {
                     return;
                 }
+            }
+            if socket.flush().await.is_err() {
+                return;
             }
         }
     }

@@ -10,7 +10,8 @@
 //!
 //! Dispatch order is antietcd's: `raft`, `identify`, `dump`, `load`, `replicate`, `handler` (a forwarded
 //! request), `reply`, `compact`, `unlock`, `check_leader`. Requests may be answered later: their replies go
-//! through [`Inbound::next_reply`], which the socket's task polls.
+//! through [`Inbound::next_reply`], which the socket's task polls. Binary frames that start with the batch
+//! magic byte are our leaders' batches ([`super::frame`]), honoured on the same terms.
 
 use super::{Cluster, Event};
 use serde_json::{Map, Value};
@@ -97,6 +98,23 @@ impl Inbound {
     /// The next asynchronous reply. Never `None` in practice (this struct holds a sender).
     pub(crate) async fn next_reply(&mut self) -> Option<String> {
         self.replies_rx.recv().await
+    }
+
+    /// An asynchronous reply that is ready now, if any (to go out in the same write as others).
+    pub(crate) fn try_next_reply(&mut self) -> Option<String> {
+        self.replies_rx.try_recv().ok()
+    }
+
+    /// Handles one binary batch frame ([`super::frame`]) from our leader.
+    pub(crate) async fn on_batch(&mut self, data: &[u8]) -> Vec<String> {
+        let Some(peer) = self.peer.clone() else {
+            tracing::warn!(target: "antietcd::cluster", "batch frame from an unidentified connection ignored");
+            return vec![
+                serde_json::json!({ "error": "batch refused: identify with the cluster key first" })
+                    .to_string(),
+            ];
+        };
+        super::replica::on_peer_batch(&self.cluster, &peer, data, &self.replies_tx).await
     }
 
     /// Handles one message object; `None` if it is not a peer message (the caller treats it as unknown).

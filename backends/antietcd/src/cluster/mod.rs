@@ -24,6 +24,7 @@
 
 mod config;
 mod driver;
+mod frame;
 mod inbound;
 mod peer;
 pub(crate) mod replica;
@@ -32,6 +33,7 @@ mod term;
 mod tests;
 
 pub use config::{parse_cluster, peer_ws_url, ClusterConfig, ClusterConfigError, PeerTimeouts};
+pub(crate) use frame::is_batch as is_batch_frame;
 pub(crate) use inbound::{next_reply, Inbound};
 
 use serde_json::{Map, Value};
@@ -41,6 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tinyraft::{NodeId, Role, Term};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -226,7 +229,7 @@ impl Cluster {
         link.add_pending(id, tx);
         let text = Value::Object(body).to_string();
         let sent = async {
-            link.tx.send(text).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
+            link.tx.send(Message::text(text)).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
             rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))
         };
         let reply = match tokio::time::timeout(timeout, sent).await {
@@ -262,7 +265,7 @@ impl Cluster {
                     Some(open) => format!("{open},\"request_id\":{id}}}"),
                     None => return Err(PeerError::Remote("not a JSON object".into())),
                 };
-                link.tx.send(text).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
+                link.tx.send(Message::text(text)).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
             }
             for rx in replies {
                 let reply = rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
@@ -281,6 +284,37 @@ impl Cluster {
         for id in ids {
             link.remove_pending(id);
         }
+        result
+    }
+
+    /// Sends a binary batch frame ([`frame::encode`]; its request id is set here) to `to` and waits up to
+    /// `timeout` for its reply, as [`Cluster::request_all`] does.
+    pub(crate) async fn request_frame(
+        &self,
+        to: &str,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<(), PeerError> {
+        let link = self.links.get(to).ok_or_else(|| PeerError::Unavailable(to.to_owned()))?;
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        link.add_pending(id, tx);
+        let mut frame = frame.to_vec();
+        frame::set_request_id(&mut frame, id);
+        let run = async {
+            link.tx.send(Message::binary(frame)).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
+            let reply = rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
+            match reply.get("error") {
+                Some(Value::String(e)) => Err(PeerError::Remote(e.clone())),
+                Some(e) if !e.is_null() => Err(PeerError::Remote(e.to_string())),
+                _ => Ok(()),
+            }
+        };
+        let result = match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(PeerError::Timeout),
+        };
+        link.remove_pending(id);
         result
     }
 

@@ -27,14 +27,16 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one frame may take to leave (a peer that stops reading, e.g. SIGSTOPped, blocks the socket):
 /// past it the link is closed and redialed.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most frames written at once (see `run_link`).
+const COALESCE: usize = 64;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
 /// One open outgoing connection.
 #[derive(Debug, Clone)]
 pub(crate) struct Link {
-    /// Text frames to send.
-    pub(crate) tx: mpsc::Sender<String>,
+    /// Frames to send (text, or our binary batch frames).
+    pub(crate) tx: mpsc::Sender<Message>,
     pending: Pending,
     generation: u64,
 }
@@ -73,10 +75,10 @@ impl Links {
 
     /// Sends a text frame to `peer` without waiting; false if there is no link or its queue is full.
     pub(crate) fn try_send(&self, peer: &str, text: String) -> bool {
-        self.get(peer).is_some_and(|l| l.tx.try_send(text).is_ok())
+        self.get(peer).is_some_and(|l| l.tx.try_send(Message::text(text)).is_ok())
     }
 
-    fn register(&self, peer: &str, tx: mpsc::Sender<String>, pending: Pending) -> u64 {
+    fn register(&self, peer: &str, tx: mpsc::Sender<Message>, pending: Pending) -> u64 {
         let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if let Ok(mut links) = self.links.lock() {
             links.insert(peer.to_owned(), Link { tx, pending, generation });
@@ -152,6 +154,20 @@ async fn send(socket: &mut Socket, message: Message, stopping: &CancellationToke
     }
 }
 
+/// Sends frames as one write (buffered, then flushed once), under the same rules as [`send`].
+async fn send_all(socket: &mut Socket, frames: Vec<Message>, stopping: &CancellationToken) -> bool {
+    let write = async {
+        for frame in frames {
+            socket.feed(frame).await?;
+        }
+        socket.flush().await
+    };
+    tokio::select! {
+        r = tokio::time::timeout(SEND_TIMEOUT, write) => matches!(r, Ok(Ok(()))),
+        _ = stopping.cancelled() => false,
+    }
+}
+
 async fn run_link(
     cluster: &Arc<Cluster>,
     peer: &str,
@@ -164,7 +180,7 @@ async fn run_link(
     if !send(&mut socket, Message::text(identify.to_string()), stopping).await {
         return;
     }
-    let (tx, mut rx) = mpsc::channel::<String>(LINK_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Message>(LINK_QUEUE);
     let pending: Pending = Arc::default();
     let generation = cluster.links.register(peer, tx, pending.clone());
     cluster.notify(Event::Connected(peer.to_owned()));
@@ -172,18 +188,18 @@ async fn run_link(
     let mut inbound = Inbound::trusted(cluster.clone(), peer.to_owned());
     let mut keepalive = Keepalive::new(keepalive);
     loop {
-        let out: Vec<String> = tokio::select! {
-            text = rx.recv() => match text {
-                Some(text) => vec![text],
+        let mut out: Vec<Message> = tokio::select! {
+            frame = rx.recv() => match frame {
+                Some(frame) => vec![frame],
                 None => break,
             },
             msg = socket.next() => match msg {
-                Some(Ok(Message::Text(t))) => { keepalive.heard(); on_frame(&pending, &mut inbound, peer, t.as_bytes()).await }
-                Some(Ok(Message::Binary(b))) => { keepalive.heard(); on_frame(&pending, &mut inbound, peer, &b).await }
+                Some(Ok(Message::Text(t))) => { keepalive.heard(); texts(on_frame(&pending, &mut inbound, peer, t.as_bytes()).await) }
+                Some(Ok(Message::Binary(b))) => { keepalive.heard(); texts(on_frame(&pending, &mut inbound, peer, &b).await) }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => { keepalive.heard(); continue }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
             },
-            reply = inbound.next_reply() => match reply { Some(r) => vec![r], None => continue },
+            reply = inbound.next_reply() => match reply { Some(r) => vec![Message::text(r)], None => continue },
             due = keepalive.due() => {
                 if due == Due::Dead {
                     tracing::info!(target: "antietcd::cluster", "{peer} did not answer a ping: closing");
@@ -197,18 +213,52 @@ async fn run_link(
                 break;
             }
         };
-        for text in out {
-            if !send(&mut socket, Message::text(text), stopping).await {
-                cluster.links.unregister(peer, generation);
-                return;
+        // Whatever else is ready leaves in the same write: a batch's messages to this peer, replies, raft.
+        // One system call (and one wake-up of the peer) instead of one per frame.
+        while out.len() < COALESCE {
+            match rx.try_recv() {
+                Ok(frame) => out.push(frame),
+                Err(_) => match inbound.try_next_reply() {
+                    Some(text) => out.push(Message::text(text)),
+                    None => break,
+                },
             }
+        }
+        if !send_all(&mut socket, out, stopping).await {
+            cluster.links.unregister(peer, generation);
+            return;
         }
     }
     cluster.links.unregister(peer, generation);
 }
 
+fn texts(texts: Vec<String>) -> Vec<Message> {
+    texts.into_iter().map(Message::text).collect()
+}
+
+/// `{"request_id":N,"reply":{}}` exactly (how our followers acknowledge a batch): its request id, without
+/// parsing JSON for the most frequent reply of all.
+fn empty_reply(data: &[u8]) -> Option<u64> {
+    let rest = data.strip_prefix(b"{\"request_id\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || &rest[digits..] != b",\"reply\":{}}" {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
 /// A frame from the peer on our outgoing socket.
 async fn on_frame(pending: &Pending, inbound: &mut Inbound, peer: &str, data: &[u8]) -> Vec<String> {
+    if let Some(id) = empty_reply(data) {
+        let waiter = pending.lock().ok().and_then(|mut p| p.remove(&id));
+        if let Some(w) = waiter {
+            let _ = w.send(Value::Object(serde_json::Map::new()));
+        }
+        return Vec::new();
+    }
+    if super::frame::is_batch(data) {
+        return inbound.on_batch(data).await;
+    }
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(data) else {
         tracing::debug!(target: "antietcd::cluster", "{peer} sent a frame that is not a JSON object");
         return Vec::new();

@@ -4,15 +4,18 @@
 //!   followers it resyncs them (`dump` from each, the most advanced state wins, `load` to each); only then
 //!   is it *synced*. Writes arrive as [`Proposal`]s and are applied in batches: the batch takes the read
 //!   gate exclusively, applies each write to the engine (which holds the resulting watch batches back),
-//!   sends the changes as `replicate` messages to **every** follower in order, waits for all of them and for
-//!   its own disk, and only then publishes the batches to watchers, lets readers in again, tells followers
-//!   `commit`, and answers the clients. A failure answers 503, leaves the batch invisible, and resyncs
-//!   (which decides whether the batch survives: it does if the winner has it). A follower whose link is
-//!   down holds writes back (queued, up to `wait_quorum_timeout`) until it is back or the election engine
-//!   drops it from the followers; only a resync failing for two election timeouts starts an election.
-//! * **Follower.** Applies `replicate` messages in order (logged through the engine's journal), holding the
-//!   read gate from the first uncommitted change until the leader's `commit`, so local readers never see a
-//!   change the leader has not committed. Writes received from clients are forwarded to the leader.
+//!   sends the changes to **every** follower in order (ours: one binary frame per batch, see `frame.rs`;
+//!   antietcd's: `replicate` messages), waits for all of them and for its own disk, and only then
+//!   publishes the batches to watchers, lets readers in again, tells followers `commit` (ours: in the
+//!   next batch's frame when one follows at once), and answers the clients. A failure answers 503, leaves
+//!   the batch invisible, and resyncs (which decides whether the batch survives: it does if the winner has
+//!   it). A follower whose link is down holds writes back (queued, up to `wait_quorum_timeout`) until it
+//!   is back or the election engine drops it from the followers; only a resync failing for two election
+//!   timeouts starts an election.
+//! * **Follower.** Applies batches and `replicate` messages in order (logged through the engine's journal),
+//!   holding the read gate from the first uncommitted change until the leader's `commit`, so local readers
+//!   never see a change the leader has not committed. Writes received from clients are forwarded to the
+//!   leader.
 //! * **Reads** wait for the gate; on the leader they need a confirmed leader lease, on a follower with
 //!   `stale_read` off a `check_leader` round trip first: both linearizable.
 //!
@@ -20,6 +23,7 @@
 //! messages, ignore our `commit`, and our followers apply their leaders' changes without holding (an
 //! antietcd leader does not say when a change commits).
 
+use super::frame::{Item, Record};
 use super::{Cluster, ClusterStatus, Event, PeerError};
 use crate::engine::{JournalRecord, ReplicatedChange, ReplicatedEvent};
 use crate::http::Api;
@@ -435,8 +439,14 @@ async fn run(cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<Proposal>, stoppin
     let mut failing_since: Option<Instant> = None;
     let mut tick = tokio::time::interval(LEASE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last batch's commit, not yet told to our followers: it rides in the next batch frame if one
+    // follows at once, else it goes alone before this task waits for anything.
+    let mut commit: Option<PendingCommit> = None;
     loop {
         let Some(shared) = cluster.repl.shared() else { return };
+        if inbox.is_empty() {
+            send_commit(&cluster, &mut commit);
+        }
         let st = status.borrow_and_update().clone();
         if st.role != Role::Leader {
             if synced_for.take().is_some() {
@@ -503,9 +513,12 @@ async fn run(cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<Proposal>, stoppin
             synced_for = None;
             continue;
         }
+        if commit.as_ref().is_some_and(|c| c.term != st.term) {
+            send_commit(&cluster, &mut commit);
+        }
         let batch = tokio::select! {
             _ = stopping.cancelled() => return,
-            r = status.changed() => { if r.is_err() { return } continue }
+            r = status.changed() => { send_commit(&cluster, &mut commit); if r.is_err() { return } continue }
             Some(first) = inbox.recv() => {
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
@@ -526,13 +539,30 @@ async fn run(cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<Proposal>, stoppin
                 }).collect()
             }
         };
-        if let Err(e) = run_batch(&cluster, &shared, &st, batch).await {
+        if let Err(e) = run_batch(&cluster, &shared, &st, batch, &mut commit).await {
             // No election here (antietcd starts one): a dead or stopped follower leaves the followers
             // within the leader lease, and the resync that follows settles the failed batch.
             tracing::warn!(target: "antietcd::cluster", "{}: {e}; resyncing", cluster.config.node_id);
             synced_for = None;
             cluster.repl.tap.on.store(false, Ordering::Release);
             cluster.repl.set_synced(None);
+        }
+    }
+}
+
+/// A batch's commit that our followers have not been told yet.
+struct PendingCommit {
+    term: Term,
+    revision: Revision,
+    peers: Vec<NodeId>,
+}
+
+/// Tells our followers the pending commit, if any, in a `commit` message of its own.
+fn send_commit(cluster: &Cluster, commit: &mut Option<PendingCommit>) {
+    if let Some(c) = commit.take() {
+        let text = json!({ "commit": { "revision": c.revision }, "term": c.term }).to_string();
+        for peer in &c.peers {
+            let _ = cluster.links.try_send(peer, text.clone());
         }
     }
 }
@@ -554,6 +584,7 @@ async fn run_batch(
     shared: &Arc<Shared>,
     st: &ClusterStatus,
     batch: Vec<Proposal>,
+    commit: &mut Option<PendingCommit>,
 ) -> Result<(), String> {
     let peers = followers_of(cluster, st);
     let gate = cluster.repl.gate.clone().write_owned().await;
@@ -579,21 +610,33 @@ async fn run_batch(
     }
     if records.is_empty() {
         drop(gate);
+        send_commit(cluster, commit);
         for (p, r) in results {
             answer(p, r);
         }
         return Ok(());
     }
     let last = engine.revision();
-    let messages = to_messages(&records, start, st.term);
     let ours = cluster.repl.ours.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    // Our followers take the whole batch as one message (one frame, one reply); antietcd's, one by one.
-    let texts: Vec<String> = messages.into_iter().map(|m| Value::Object(m).to_string()).collect();
-    let bundled = vec![format!("{{\"batch\":[{}],\"term\":{}}}", texts.join(","), st.term)];
+    // Our followers take the whole batch as one binary frame (one reply), with the previous batch's
+    // commit if it is still to be told; antietcd's take `replicate` JSON messages one by one.
+    let piggyback = commit.take().filter(|c| c.term == st.term);
+    let frame = peers
+        .iter()
+        .any(|p| ours.contains(p))
+        .then(|| super::frame::encode(&records, st.term, piggyback.as_ref().map(|c| c.revision)));
+    let texts: Vec<String> = if peers.iter().all(|p| ours.contains(p)) {
+        Vec::new()
+    } else {
+        to_messages(&records, start, st.term).into_iter().map(|m| Value::Object(m).to_string()).collect()
+    };
     let replicated = async {
-        let sends = peers.iter().map(|peer| {
-            let messages = if ours.contains(peer) { &bundled } else { &texts };
-            cluster.request_all(peer, messages, cluster.config.timeouts.replication)
+        let timeout = cluster.config.timeouts.replication;
+        let sends = peers.iter().map(|peer| async {
+            match &frame {
+                Some(frame) if ours.contains(peer) => cluster.request_frame(peer, frame, timeout).await,
+                _ => cluster.request_all(peer, &texts, timeout).await,
+            }
         });
         futures::future::join_all(sends).await.into_iter().zip(&peers).try_for_each(|(r, peer)| {
             r.map_err(|e| match e {
@@ -618,9 +661,9 @@ async fn run_batch(
     }
     engine.release(last);
     drop(gate);
-    for peer in &peers {
-        // antietcd followers drop their per-revision locks on `unlock`; ours publish on `commit`.
-        for r in records.iter().filter(|_| !ours.contains(peer)) {
+    for peer in peers.iter().filter(|p| !ours.contains(*p)) {
+        // antietcd followers drop their per-revision locks on `unlock` (and ignore `commit`).
+        for r in &records {
             if let Record::Journal(JournalRecord::Commit { revision, .. }) = r {
                 let _ = cluster.links.try_send(
                     peer,
@@ -631,6 +674,11 @@ async fn run_batch(
         let _ = cluster
             .links
             .try_send(peer, json!({ "commit": { "revision": last }, "term": st.term }).to_string());
+    }
+    // Ours publish on `commit`: told with the next batch, or alone (see `run`).
+    let peers: Vec<NodeId> = peers.into_iter().filter(|p| ours.contains(p)).collect();
+    if !peers.is_empty() {
+        *commit = Some(PendingCommit { term: st.term, revision: last, peers });
     }
     for (p, r) in results {
         answer(p, r);
@@ -650,13 +698,6 @@ async fn local_sync(shared: &Arc<Shared>, revision: Revision) -> Result<(), Stri
         p.sync(revision).await.map_err(|e| format!("the data file failed: {e}"))?;
     }
     Ok(())
-}
-
-/// What a batch replicates.
-#[derive(Debug)]
-enum Record {
-    Journal(JournalRecord<'static>),
-    KeepAlive { id: LeaseId, ttl: i64 },
 }
 
 fn now_ms() -> i64 {
@@ -1210,72 +1251,24 @@ pub(crate) async fn on_peer_message(
             vec![reply_ok(request_id)]
         }
         "replicate" | "batch" => {
-            if let Err(e) = check_leader_of(cluster, peer, term).await {
-                return vec![reply_err(request_id, e)];
-            }
-            if *repl.synced.borrow() != term {
-                return vec![reply_err(request_id, "not synced in this term")];
-            }
-            let items: Vec<&Map<String, Value>> = if kind == "batch" {
+            let items = if kind == "batch" {
                 match obj.get("batch").and_then(Value::as_array) {
-                    Some(items) => items.iter().filter_map(Value::as_object).collect(),
-                    None => return vec![reply_err(request_id, "bad batch")],
+                    Some(items) => items
+                        .iter()
+                        .map(|i| i.as_object().ok_or_else(|| "bad batch item".to_owned()).and_then(json_item))
+                        .collect(),
+                    None => Err("bad batch".to_owned()),
                 }
             } else {
-                vec![obj]
+                json_item(obj).map(|i| vec![i])
             };
-            let commits = repl.follower().leader_commits;
-            if commits && repl.follower().guard.is_none() {
-                let guard = repl.gate.clone().write_owned().await;
-                repl.follower().guard = Some(guard);
-            }
-            for item in items {
-                if let Some(payload) = item.get("replicate") {
-                    let change = match parse_replicate(payload) {
-                        Ok(c) => c,
-                        Err(e) => return vec![reply_err(request_id, &format!("bad replicate: {e}"))],
-                    };
-                    if let Err(e) = shared.engine.apply_replicated(&change) {
-                        return vec![reply_err(request_id, &e.to_string())];
-                    }
-                } else if let Some(revision) =
-                    item.get("compact").and_then(|c| c.get("revision")).and_then(Value::as_i64)
-                {
-                    // Already compacted further, or not there yet: nothing to do either way.
-                    let _ = shared.engine.compact(revision);
-                } else {
-                    return vec![reply_err(request_id, "bad batch item")];
-                }
-            }
-            if !commits {
-                shared.engine.release(shared.engine.revision());
-                repl.released.notify_waiters();
-            }
-            let revision = shared.engine.revision();
-            if shared.persist_interval || (shared.durable.is_none() && shared.persister.is_none()) {
-                return vec![reply_ok(request_id)];
-            }
-            let (replier, request_id, shared) = (replier.clone(), request_id.cloned(), shared.clone());
-            shared.tracker.clone().spawn(async move {
-                let reply = match local_sync(&shared, revision).await {
-                    Ok(()) => reply_ok(request_id.as_ref()),
-                    Err(e) => reply_err(request_id.as_ref(), &e),
-                };
-                let _ = replier.send(reply).await;
-            });
-            Vec::new()
+            apply_batch(cluster, &shared, peer, term, request_id, None, items, replier).await
         }
         "commit" => {
             if check_leader_of(cluster, peer, term).await.is_ok() {
                 let revision = obj.get("commit").and_then(|c| c.get("revision")).and_then(Value::as_i64);
                 if let Some(revision) = revision {
-                    shared.engine.release(revision);
-                    repl.released.notify_waiters();
-                    let mut f = repl.follower();
-                    f.leader_commits = true;
-                    if revision >= shared.engine.revision() {
-                        f.guard = None;
-                    }
+                    commit_here(repl, &shared, revision);
                 }
             }
             Vec::new()
@@ -1303,6 +1296,118 @@ pub(crate) async fn on_peer_message(
             }
         }
         other => vec![reply_err(request_id, &format!("unknown peer message {other}"))],
+    }
+}
+
+/// One JSON batch item: a `replicate` message (section 3.10) or a `compact` one.
+fn json_item(item: &Map<String, Value>) -> Result<Item, String> {
+    if let Some(payload) = item.get("replicate") {
+        return parse_replicate(payload).map(Item::Change).map_err(|e| format!("bad replicate: {e}"));
+    }
+    match item.get("compact").and_then(|c| c.get("revision")).and_then(Value::as_i64) {
+        Some(revision) => Ok(Item::Compact(revision)),
+        None => Err("bad batch item".into()),
+    }
+}
+
+/// A binary batch frame from our leader ([`super::frame`]).
+pub(crate) async fn on_peer_batch(
+    cluster: &Arc<Cluster>,
+    peer: &str,
+    data: &[u8],
+    replier: &mpsc::Sender<String>,
+) -> Vec<String> {
+    let Some(shared) = cluster.repl.shared() else {
+        return vec![reply_err(None, "Server is stopping")];
+    };
+    match super::frame::decode(data) {
+        Ok(b) => {
+            let id = Value::from(b.request_id);
+            apply_batch(cluster, &shared, peer, Some(b.term), Some(&id), b.commit, Ok(b.items), replier).await
+        }
+        Err(e) => {
+            // The request id is the frame's bytes 1..9, if it got that far.
+            let id =
+                data.get(1..9).map(|b| Value::from(u64::from_le_bytes(b.try_into().unwrap_or_default())));
+            vec![reply_err(id.as_ref(), &format!("bad batch frame: {e}"))]
+        }
+    }
+}
+
+/// A follower applies a batch of its leader's changes in order (logged through the engine's journal),
+/// after the leader's piggybacked `commit` of the previous batch, if any; it replies once they are
+/// applied and on its disk (later, through `replier`, when that needs a sync).
+#[allow(clippy::too_many_arguments)]
+async fn apply_batch(
+    cluster: &Arc<Cluster>,
+    shared: &Arc<Shared>,
+    peer: &str,
+    term: Option<Term>,
+    request_id: Option<&Value>,
+    commit: Option<Revision>,
+    items: Result<Vec<Item>, String>,
+    replier: &mpsc::Sender<String>,
+) -> Vec<String> {
+    let repl = &cluster.repl;
+    if let Err(e) = check_leader_of(cluster, peer, term).await {
+        return vec![reply_err(request_id, e)];
+    }
+    if *repl.synced.borrow() != term {
+        return vec![reply_err(request_id, "not synced in this term")];
+    }
+    let items = match items {
+        Ok(items) => items,
+        Err(e) => return vec![reply_err(request_id, &e)],
+    };
+    if let Some(revision) = commit {
+        commit_here(repl, shared, revision);
+    }
+    let commits = repl.follower().leader_commits;
+    if commits && repl.follower().guard.is_none() {
+        let guard = repl.gate.clone().write_owned().await;
+        repl.follower().guard = Some(guard);
+    }
+    for item in items {
+        match item {
+            Item::Change(change) => {
+                if let Err(e) = shared.engine.apply_replicated(&change) {
+                    return vec![reply_err(request_id, &e.to_string())];
+                }
+            }
+            // Already compacted further, or not there yet: nothing to do either way.
+            Item::Compact(revision) => {
+                let _ = shared.engine.compact(revision);
+            }
+        }
+    }
+    if !commits {
+        shared.engine.release(shared.engine.revision());
+        repl.released.notify_waiters();
+    }
+    let revision = shared.engine.revision();
+    if shared.persist_interval || (shared.durable.is_none() && shared.persister.is_none()) {
+        return vec![reply_ok(request_id)];
+    }
+    let (replier, request_id, shared) = (replier.clone(), request_id.cloned(), shared.clone());
+    shared.tracker.clone().spawn(async move {
+        let reply = match local_sync(&shared, revision).await {
+            Ok(()) => reply_ok(request_id.as_ref()),
+            Err(e) => reply_err(request_id.as_ref(), &e),
+        };
+        let _ = replier.send(reply).await;
+    });
+    Vec::new()
+}
+
+/// A follower publishes what its leader committed (up to `revision`), and lets readers in once nothing
+/// uncommitted is left.
+fn commit_here(repl: &Replica, shared: &Shared, revision: Revision) {
+    shared.engine.release(revision);
+    repl.released.notify_waiters();
+    let mut f = repl.follower();
+    f.leader_commits = true;
+    if revision >= shared.engine.revision() {
+        f.guard = None;
     }
 }
 
