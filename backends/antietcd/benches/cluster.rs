@@ -55,7 +55,11 @@ enum Impl {
 impl Impl {
     fn binary(self) -> Option<PathBuf> {
         match self {
-            Impl::Ours => Some(PathBuf::from(env!("CARGO_BIN_EXE_antietcd"))),
+            // ANTIETCD_BIN: another build of ours (A/B comparisons).
+            Impl::Ours => Some(
+                std::env::var_os("ANTIETCD_BIN")
+                    .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_antietcd")), PathBuf::from),
+            ),
             Impl::Node => {
                 let bin = common::node_dir().join("node_modules/.bin/antietcd");
                 bin.exists().then_some(bin)
@@ -555,8 +559,56 @@ fn median(mut v: Vec<Duration>) -> Option<Duration> {
     v.get(v.len() / 2).copied()
 }
 
+/// `-- --profile memory|durable all|leader SECS`: one 3-node cluster of ours under the put load for SECS,
+/// for profilers to attach to: prints the servers' pids (leader first), waits a second, loads, and prints
+/// puts/s and each server's CPU µs per put. Used to find where a replicated put's CPU goes.
+fn profile(args: &[String]) {
+    let durable = args.first().is_some_and(|a| a == "durable");
+    let spread = args.get(1).is_none_or(|a| a == "all");
+    let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let _ = rlimit::increase_nofile_limit(100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let dir = durable.then(|| scratch("profile"));
+        let three = cluster(Impl::Ours, dir.as_deref(), Timings::new(1000));
+        wait_up(&three).await;
+        let leader = wait_leader(&three, &[0, 1, 2], Duration::from_secs(30)).await;
+        let all: Vec<u16> = three.iter().map(|p| p.port).collect();
+        let ports = if spread { all.clone() } else { vec![three[leader].port] };
+        if let Some(note) = wait_writable(&all, Duration::from_secs(20)).await {
+            println!("# note: {note}");
+        }
+        fill(three[leader].port).await;
+        let order: Vec<usize> = std::iter::once(leader).chain((0..3).filter(|&i| i != leader)).collect();
+        let pids: Vec<String> = order.iter().map(|&i| three[i].child.id().to_string()).collect();
+        println!("pids {}", pids.join(" "));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before: Vec<f64> = order.iter().map(|&i| cpu_secs(std::slice::from_ref(&three[i]))).collect();
+        let (ok, errors, secs) = put_rate(&ports, secs).await;
+        let used: Vec<String> = order
+            .iter()
+            .zip(before)
+            .map(|(&i, b)| {
+                format!("{:.1}", (cpu_secs(std::slice::from_ref(&three[i])) - b) * 1e6 / ok as f64)
+            })
+            .collect();
+        println!(
+            "puts/s {:.0} ({errors} failed); CPU µs per put leader, followers: {}",
+            ok as f64 / secs,
+            used.join(" ")
+        );
+        drop(three);
+        if let Some(d) = dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--profile") {
+        return profile(&args[i + 1..]);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let election = args
         .iter()
