@@ -204,7 +204,7 @@ async fn handle_http(shared: &Arc<Shared>, req: Request) -> (Response, String) {
     let logged = if shared.logs.access { String::from_utf8_lossy(&body).into_owned() } else { String::new() };
     shared.metrics.requests[api as usize].fetch_add(1, Ordering::Relaxed);
     let result = match parse_body(&body) {
-        Ok(obj) => call(shared, api, &obj).await,
+        Ok(obj) => call(shared, api, obj).await,
         Err(e) => Err(e),
     };
     match result {
@@ -256,7 +256,7 @@ fn parse_body(body: &[u8]) -> ApiResult<Map<String, Value>> {
 
 /// Runs one API call on a parsed body; returns the JSON response text. In a cluster every API but status
 /// and dump goes through the cluster's gate and routing ([`crate::cluster::Cluster::route`]).
-pub(crate) async fn call(shared: &Arc<Shared>, api: Api, body: &Map<String, Value>) -> ApiResult<String> {
+pub(crate) async fn call(shared: &Arc<Shared>, api: Api, body: Map<String, Value>) -> ApiResult<String> {
     if shared.stopping.is_cancelled() {
         return Err(ApiError::new(StatusCode::BAD_GATEWAY, "Server is stopping"));
     }
@@ -264,7 +264,7 @@ pub(crate) async fn call(shared: &Arc<Shared>, api: Api, body: &Map<String, Valu
         Some(cluster) if !matches!(api, Api::Status | Api::Dump) => {
             cluster.route(shared, api, body, false).await
         }
-        _ => local(shared, api, body).await,
+        _ => local(shared, api, &body).await,
     }
 }
 

@@ -122,7 +122,12 @@ impl Session {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 },
                 Some(first) = self.watches.next(), if !self.watches.is_empty() => self.on_batches(first),
-                Some(reply) = crate::cluster::next_reply(&mut self.peer) => vec![reply],
+                Some(reply) = crate::cluster::next_reply(&mut self.peer) => {
+                    // A leader answers a batch of forwarded requests at once, one task each: those that
+                    // are ready to run get their turn first, so that their replies leave together.
+                    tokio::task::yield_now().await;
+                    vec![reply]
+                }
                 due = keepalive.due() => {
                     if due == Due::Dead || socket.send(Message::Ping(Default::default())).await.is_err() {
                         break;

@@ -84,6 +84,16 @@ impl ClusterStatus {
     }
 }
 
+/// A JSON object text with `"request_id": id` added (spliced in: the text is not parsed again).
+fn with_request_id(body: &str, id: u64) -> Option<String> {
+    let open = body.trim_end().strip_suffix('}')?;
+    Some(if open.trim_end().ends_with('{') {
+        format!("{open}\"request_id\":{id}}}")
+    } else {
+        format!("{open},\"request_id\":{id}}}")
+    })
+}
+
 /// Why the cluster could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -240,6 +250,28 @@ impl Cluster {
         reply
     }
 
+    /// [`Cluster::request_value`] of a request already serialised (a JSON object text; `request_id` is
+    /// added).
+    pub(crate) async fn request_text(
+        &self,
+        to: &str,
+        body: &str,
+        timeout: Duration,
+    ) -> Result<Value, PeerError> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let text = with_request_id(body, id).ok_or_else(|| PeerError::Remote("not a JSON object".into()))?;
+        let (tx, rx) = oneshot::channel();
+        let link = self.links.get(to).ok_or_else(|| PeerError::Unavailable(to.to_owned()))?;
+        link.add_pending(id, tx);
+        let sent = async {
+            link.tx.send(Message::text(text)).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
+            rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))
+        };
+        let reply = tokio::time::timeout(timeout, sent).await.unwrap_or(Err(PeerError::Timeout));
+        link.remove_pending(id);
+        reply
+    }
+
     /// Sends every message of `bodies` (JSON object texts; `request_id` is added) to `to` in order on one
     /// link (pipelined: all are sent before any reply is awaited) and waits up to `timeout` for all
     /// replies; the first error or missing reply fails the whole. Texts are serialised once by the caller,
@@ -260,11 +292,8 @@ impl Cluster {
                 link.add_pending(id, tx);
                 ids.push(id);
                 replies.push(rx);
-                let text = match body.trim_end().strip_suffix('}') {
-                    Some(open) if open.trim_end().ends_with('{') => format!("{open}\"request_id\":{id}}}"),
-                    Some(open) => format!("{open},\"request_id\":{id}}}"),
-                    None => return Err(PeerError::Remote("not a JSON object".into())),
-                };
+                let text =
+                    with_request_id(body, id).ok_or_else(|| PeerError::Remote("not a JSON object".into()))?;
                 link.tx.send(Message::text(text)).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
             }
             for rx in replies {

@@ -214,7 +214,11 @@ async fn run_link(
             }
         };
         // Whatever else is ready leaves in the same write: a batch's messages to this peer, replies, raft.
-        // One system call (and one wake-up of the peer) instead of one per frame.
+        // One system call (and one wake-up of the peer) instead of one per frame. Tasks that are ready to
+        // run get their turn first (a follower's clients forward their writes one task each).
+        if rx.is_empty() {
+            tokio::task::yield_now().await;
+        }
         while out.len() < COALESCE {
             match rx.try_recv() {
                 Ok(frame) => out.push(frame),
@@ -259,17 +263,17 @@ async fn on_frame(pending: &Pending, inbound: &mut Inbound, peer: &str, data: &[
     if super::frame::is_batch(data) {
         return inbound.on_batch(data).await;
     }
-    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(data) else {
+    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(data) else {
         tracing::debug!(target: "antietcd::cluster", "{peer} sent a frame that is not a JSON object");
         return Vec::new();
     };
     if !obj.contains_key("raft") && !obj.contains_key("identify") {
-        if let Some(reply) = obj.get("reply") {
+        if let Some(reply) = obj.remove("reply") {
             match obj.get("request_id").and_then(Value::as_u64) {
                 Some(id) => {
                     let waiter = pending.lock().ok().and_then(|mut p| p.remove(&id));
                     if let Some(w) = waiter {
-                        let _ = w.send(reply.clone());
+                        let _ = w.send(reply);
                     }
                 }
                 None => {

@@ -249,7 +249,7 @@ impl Cluster {
         self: &Arc<Self>,
         shared: &Arc<Shared>,
         api: Api,
-        body: &Map<String, Value>,
+        body: Map<String, Value>,
         forwarded: bool,
     ) -> ApiResult<String> {
         let leaderonly = truthy(body.get("leaderonly"));
@@ -273,14 +273,14 @@ impl Cluster {
                     if forwarded {
                         return Err(unavailable("Not leader"));
                     }
-                    return self.forward(&st, api, body).await;
+                    return self.forward(&st, api, &body).await;
                 }
                 Role::Candidate if nowait => return Err(unavailable("Quorum not available")),
                 _ if is_synced && st.role != Role::Candidate => {
                     if st.role == Role::Leader && api.writes() {
-                        return self.propose(api, body.clone(), deadline).await;
+                        return self.propose(api, body, deadline).await;
                     }
-                    return self.read(shared, &st, api, body, serializable, deadline).await;
+                    return self.read(shared, &st, api, &body, serializable, deadline).await;
                 }
                 _ if nowait => return Err(unavailable("Quorum not available")),
                 _ => {}
@@ -391,11 +391,13 @@ impl Cluster {
     /// error into 503).
     async fn forward(&self, st: &View, api: Api, body: &Map<String, Value>) -> ApiResult<String> {
         let leader = st.leader.clone().ok_or_else(|| unavailable("Leader is unavailable"))?;
-        let mut req = Map::new();
-        req.insert("handler".into(), api.name().into());
-        req.insert("request".into(), Value::Object(body.clone()));
-        req.insert("context".into(), json!({ "username": null }));
-        match self.request_value(&leader, req, self.config.timeouts.forward).await {
+        // Written out directly: no copy of the body into a request object first.
+        let request = serde_json::to_string(body).map_err(|e| unavailable(e.to_string()))?;
+        let req = format!(
+            "{{\"handler\":\"{}\",\"request\":{request},\"context\":{{\"username\":null}}}}",
+            api.name()
+        );
+        match self.request_text(&leader, &req, self.config.timeouts.forward).await {
             Ok(reply) => match reply.get("error") {
                 Some(e) if !e.is_null() => {
                     let message = e.as_str().map_or_else(|| e.to_string(), str::to_owned);
@@ -1083,7 +1085,7 @@ pub(crate) async fn on_peer_message(
                 let run = async {
                     match api {
                         Api::Status | Api::Dump => crate::http::local(&shared, api, &body).await,
-                        _ => cluster.route(&shared, api, &body, true).await,
+                        _ => cluster.route(&shared, api, body, true).await,
                     }
                 };
                 let result = tokio::time::timeout(cluster.config.timeouts.forward, run)
