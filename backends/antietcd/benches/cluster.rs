@@ -559,7 +559,8 @@ fn median(mut v: Vec<Duration>) -> Option<Duration> {
     v.get(v.len() / 2).copied()
 }
 
-/// `-- --profile memory|durable all|leader SECS`: one 3-node cluster of ours under the put load for SECS,
+/// `-- --profile memory|durable all|leader|single SECS`: one 3-node cluster of ours (or a single node)
+/// under the put load for SECS,
 /// for profilers to attach to: prints the servers' pids (leader first), waits a second, loads, and prints
 /// puts/s and each server's CPU µs per put. Used to find where a replicated put's CPU goes.
 fn profile(args: &[String]) {
@@ -570,16 +571,22 @@ fn profile(args: &[String]) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let dir = durable.then(|| scratch("profile"));
-        let three = cluster(Impl::Ours, dir.as_deref(), Timings::new(1000));
+        let three = if args.get(1).is_some_and(|a| a == "single") {
+            vec![single(Impl::Ours, dir.as_deref())]
+        } else {
+            cluster(Impl::Ours, dir.as_deref(), Timings::new(1000))
+        };
         wait_up(&three).await;
-        let leader = wait_leader(&three, &[0, 1, 2], Duration::from_secs(30)).await;
+        let leader =
+            if three.len() == 1 { 0 } else { wait_leader(&three, &[0, 1, 2], Duration::from_secs(30)).await };
         let all: Vec<u16> = three.iter().map(|p| p.port).collect();
         let ports = if spread { all.clone() } else { vec![three[leader].port] };
         if let Some(note) = wait_writable(&all, Duration::from_secs(20)).await {
             println!("# note: {note}");
         }
         fill(three[leader].port).await;
-        let order: Vec<usize> = std::iter::once(leader).chain((0..3).filter(|&i| i != leader)).collect();
+        let order: Vec<usize> =
+            std::iter::once(leader).chain((0..three.len()).filter(|&i| i != leader)).collect();
         let pids: Vec<String> = order.iter().map(|&i| three[i].child.id().to_string()).collect();
         println!("pids {}", pids.join(" "));
         tokio::time::sleep(Duration::from_secs(1)).await;
