@@ -522,6 +522,9 @@ async fn run(cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<Proposal>, stoppin
             _ = stopping.cancelled() => return,
             r = status.changed() => { send_commit(&cluster, &mut commit); if r.is_err() { return } continue }
             Some(first) = inbox.recv() => {
+                // Client tasks that are ready to run propose first: a larger batch costs fewer frames,
+                // replies and disk syncs per write.
+                tokio::task::yield_now().await;
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
                     match inbox.try_recv() {
