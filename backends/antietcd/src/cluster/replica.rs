@@ -54,7 +54,28 @@ const LEASE_TICK: Duration = Duration::from_millis(250);
 pub(crate) struct Proposal {
     api: Api,
     body: Map<String, Value>,
-    reply: Option<oneshot::Sender<ApiResult<String>>>,
+    reply: Option<Reply>,
+}
+
+/// Where the answer to a [`Proposal`] goes.
+#[derive(Debug)]
+enum Reply {
+    /// An API call on this node, waiting (a dropped receiver: its client gave up).
+    Local(oneshot::Sender<ApiResult<String>>),
+    /// A follower's forwarded request, answered straight on that peer's socket (no task of its own waits
+    /// for it). Past `deadline` the follower has answered 503 itself: the write must not run anymore (a
+    /// client retrying elsewhere could otherwise see it land after its retry).
+    Peer { replier: mpsc::Sender<String>, request_id: Option<Value>, deadline: Instant },
+}
+
+impl Reply {
+    /// Whether nobody waits for the answer anymore (the write is better not applied at all).
+    fn gave_up(&self) -> bool {
+        match self {
+            Reply::Local(tx) => tx.is_closed(),
+            Reply::Peer { deadline, .. } => Instant::now() >= *deadline,
+        }
+    }
 }
 
 /// The replication state of one node, shared by its leader task, its peer sockets and its API calls.
@@ -315,7 +336,8 @@ impl Cluster {
     /// Hands a write to the leader task and waits for its answer.
     async fn propose(&self, api: Api, body: Map<String, Value>, deadline: Instant) -> ApiResult<String> {
         let (tx, rx) = oneshot::channel();
-        self.repl.proposals.send(Proposal { api, body, reply: Some(tx) }).await.map_err(|_| stopping())?;
+        let proposal = Proposal { api, body, reply: Some(Reply::Local(tx)) };
+        self.repl.proposals.send(proposal).await.map_err(|_| stopping())?;
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(r) => r.map_err(|_| stopping())?,
             // Still queued (the leader is resyncing): dropping the receiver keeps it from being applied.
@@ -573,8 +595,34 @@ fn send_commit(cluster: &Cluster, commit: &mut Option<PendingCommit>) {
 }
 
 fn answer(p: Proposal, result: ApiResult<String>) {
-    if let Some(reply) = p.reply {
-        let _ = reply.send(result);
+    match p.reply {
+        Some(Reply::Local(tx)) => {
+            let _ = tx.send(result);
+        }
+        Some(Reply::Peer { replier, request_id, .. }) => {
+            let reply = peer_reply(request_id.as_ref(), result);
+            if let Err(mpsc::error::TrySendError::Full(reply)) = replier.try_send(reply) {
+                // The socket is behind: a task waits for room rather than this one.
+                tokio::spawn(async move {
+                    let _ = replier.send(reply).await;
+                });
+            }
+        }
+        None => {}
+    }
+}
+
+/// The answer to a forwarded request, as the follower reads it.
+fn peer_reply(request_id: Option<&Value>, result: ApiResult<String>) -> String {
+    match result {
+        // The answer is already JSON: spliced in as it is, not parsed and printed again.
+        Ok(text) => match request_id {
+            Some(id) => format!("{{\"request_id\":{id},\"reply\":{}}}", text.trim_end()),
+            None => format!("{{\"reply\":{}}}", text.trim_end()),
+        },
+        Err(e) => {
+            super::inbound::reply(request_id, json!({ "error": e.message, "status": e.status.as_u16() }))
+        }
     }
 }
 
@@ -599,8 +647,10 @@ async fn run_batch(
     let mut results = Vec::with_capacity(batch.len());
     let mut records: Vec<Record> = Vec::new();
     for p in batch {
-        if p.reply.as_ref().is_some_and(|r| r.is_closed()) {
-            continue; // Its client gave up (and was told 503): better not to apply it at all.
+        if p.reply.as_ref().is_some_and(Reply::gave_up) {
+            // Its client gave up (and was told 503): better not to apply it at all.
+            answer(p, Err(unavailable("timeout")));
+            continue;
         }
         let result = crate::http::execute(shared, p.api, &p.body);
         records.extend(cluster.repl.tap.take().into_iter().map(Record::Journal));
@@ -1081,33 +1131,27 @@ pub(crate) async fn on_peer_message(
             let Some(api) = Api::from_handler(name) else {
                 return vec![reply_err(request_id, &format!("unknown handler {name:?}"))];
             };
-            let (cluster, replier, request_id) = (cluster.clone(), replier.clone(), request_id.cloned());
-            shared.tracker.clone().spawn(async move {
-                // The follower answers 503 after forward_timeout: past it, the request must not run
-                // anymore (a client retrying elsewhere could otherwise see it land after its retry).
-                let run = async {
-                    match api {
-                        Api::Status | Api::Dump => crate::http::local(&shared, api, &body).await,
-                        _ => cluster.route(&shared, api, body, true).await,
+            let timeouts = cluster.config.timeouts;
+            if api.writes() {
+                // On the synced leader (where routing would only propose it), the write goes straight to
+                // the write task, which answers on this socket: no task and no timer per request.
+                let (role, term) = {
+                    let s = cluster.status.borrow();
+                    (s.role, s.term)
+                };
+                if role == Role::Leader && *repl.synced.borrow() == Some(term) {
+                    let deadline = Instant::now() + timeouts.forward.min(timeouts.wait_quorum);
+                    let reply =
+                        Reply::Peer { replier: replier.clone(), request_id: request_id.cloned(), deadline };
+                    match repl.proposals.try_send(Proposal { api, body, reply: Some(reply) }) {
+                        Ok(()) => return Vec::new(),
+                        Err(mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p)) => {
+                            return handle_forwarded(cluster, &shared, p.api, p.body, request_id, replier);
+                        }
                     }
-                };
-                let result = tokio::time::timeout(cluster.config.timeouts.forward, run)
-                    .await
-                    .unwrap_or_else(|_| Err(unavailable("timeout")));
-                let reply = match result {
-                    // The answer is already JSON: spliced in as it is, not parsed and printed again.
-                    Ok(text) => match &request_id {
-                        Some(id) => format!("{{\"request_id\":{id},\"reply\":{}}}", text.trim_end()),
-                        None => format!("{{\"reply\":{}}}", text.trim_end()),
-                    },
-                    Err(e) => super::inbound::reply(
-                        request_id.as_ref(),
-                        json!({ "error": e.message, "status": e.status.as_u16() }),
-                    ),
-                };
-                let _ = replier.send(reply).await;
-            });
-            Vec::new()
+                }
+            }
+            handle_forwarded(cluster, &shared, api, body, request_id, replier)
         }
         "dump" => {
             if let Err(e) = check_leader_of(cluster, peer, term).await {
@@ -1302,6 +1346,34 @@ pub(crate) async fn on_peer_message(
         }
         other => vec![reply_err(request_id, &format!("unknown peer message {other}"))],
     }
+}
+
+/// A forwarded request run by a task of its own (routing may wait, for a sync or a lease).
+fn handle_forwarded(
+    cluster: &Arc<Cluster>,
+    shared: &Arc<Shared>,
+    api: Api,
+    body: Map<String, Value>,
+    request_id: Option<&Value>,
+    replier: &mpsc::Sender<String>,
+) -> Vec<String> {
+    let (cluster, shared, replier, request_id) =
+        (cluster.clone(), shared.clone(), replier.clone(), request_id.cloned());
+    shared.tracker.clone().spawn(async move {
+        // The follower answers 503 after forward_timeout: past it, the request must not run anymore (a
+        // client retrying elsewhere could otherwise see it land after its retry).
+        let run = async {
+            match api {
+                Api::Status | Api::Dump => crate::http::local(&shared, api, &body).await,
+                _ => cluster.route(&shared, api, body, true).await,
+            }
+        };
+        let result = tokio::time::timeout(cluster.config.timeouts.forward, run)
+            .await
+            .unwrap_or_else(|_| Err(unavailable("timeout")));
+        let _ = replier.send(peer_reply(request_id.as_ref(), result)).await;
+    });
+    Vec::new()
 }
 
 /// One JSON batch item: a `replicate` message (section 3.10) or a `compact` one.
