@@ -240,7 +240,7 @@ impl Cluster {
         let text = Value::Object(body).to_string();
         let sent = async {
             link.tx.send(Message::text(text)).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
-            rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))
+            rx.await.map(peer::PeerReply::into_value).map_err(|_| PeerError::Unavailable(to.to_owned()))
         };
         let reply = match tokio::time::timeout(timeout, sent).await {
             Ok(r) => r,
@@ -257,7 +257,7 @@ impl Cluster {
         to: &str,
         body: &str,
         timeout: Duration,
-    ) -> Result<Value, PeerError> {
+    ) -> Result<peer::PeerReply, PeerError> {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let text = with_request_id(body, id).ok_or_else(|| PeerError::Remote("not a JSON object".into()))?;
         let (tx, rx) = oneshot::channel();
@@ -297,7 +297,7 @@ impl Cluster {
                 link.tx.send(Message::text(text)).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
             }
             for rx in replies {
-                let reply = rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
+                let reply = rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))?.into_value();
                 match reply.get("error") {
                     Some(Value::String(e)) => return Err(PeerError::Remote(e.clone())),
                     Some(e) if !e.is_null() => return Err(PeerError::Remote(e.to_string())),
@@ -332,7 +332,7 @@ impl Cluster {
         frame::set_request_id(&mut frame, id);
         let run = async {
             link.tx.send(Message::binary(frame)).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
-            let reply = rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
+            let reply = rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))?.into_value();
             match reply.get("error") {
                 Some(Value::String(e)) => Err(PeerError::Remote(e.clone())),
                 Some(e) if !e.is_null() => Err(PeerError::Remote(e.to_string())),

@@ -30,7 +30,25 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most frames written at once (see `run_link`).
 const COALESCE: usize = 64;
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<PeerReply>>>>;
+
+/// A peer's reply to one of our requests.
+#[derive(Debug)]
+pub(crate) enum PeerReply {
+    Value(Value),
+    /// A successful API answer (a JSON object whose first field is `header`) as the text it came in: a
+    /// forwarded request's answer goes to its client without being parsed and printed again.
+    Answer(String),
+}
+
+impl PeerReply {
+    pub(crate) fn into_value(self) -> Value {
+        match self {
+            PeerReply::Value(v) => v,
+            PeerReply::Answer(text) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        }
+    }
+}
 
 /// One open outgoing connection.
 #[derive(Debug, Clone)]
@@ -42,7 +60,7 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) fn add_pending(&self, id: u64, tx: oneshot::Sender<Value>) {
+    pub(crate) fn add_pending(&self, id: u64, tx: oneshot::Sender<PeerReply>) {
         if let Ok(mut p) = self.pending.lock() {
             p.insert(id, tx);
         }
@@ -251,13 +269,35 @@ fn empty_reply(data: &[u8]) -> Option<u64> {
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
+/// `{"request_id":N,"reply":{"header":...}}` (a successful answer to a forwarded request, as our leaders
+/// and antietcd's write it): its request id and the answer's text, found without parsing the answer.
+fn answer_reply(data: &[u8]) -> Option<(u64, String)> {
+    let rest = data.strip_prefix(b"{\"request_id\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let id = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let answer = rest[digits..].strip_prefix(b",\"reply\":")?.strip_suffix(b"}")?;
+    if !answer.starts_with(b"{\"header\":") || !answer.ends_with(b"}") {
+        return None;
+    }
+    Some((id, String::from_utf8(answer.to_vec()).ok()?))
+}
+
+/// Completes our pending request `id`, if it still waits.
+fn complete(pending: &Pending, id: u64, reply: PeerReply) {
+    let waiter = pending.lock().ok().and_then(|mut p| p.remove(&id));
+    if let Some(w) = waiter {
+        let _ = w.send(reply);
+    }
+}
+
 /// A frame from the peer on our outgoing socket.
 async fn on_frame(pending: &Pending, inbound: &mut Inbound, peer: &str, data: &[u8]) -> Vec<String> {
     if let Some(id) = empty_reply(data) {
-        let waiter = pending.lock().ok().and_then(|mut p| p.remove(&id));
-        if let Some(w) = waiter {
-            let _ = w.send(Value::Object(serde_json::Map::new()));
-        }
+        complete(pending, id, PeerReply::Value(Value::Object(serde_json::Map::new())));
+        return Vec::new();
+    }
+    if let Some((id, answer)) = answer_reply(data) {
+        complete(pending, id, PeerReply::Answer(answer));
         return Vec::new();
     }
     if super::frame::is_batch(data) {
@@ -270,12 +310,7 @@ async fn on_frame(pending: &Pending, inbound: &mut Inbound, peer: &str, data: &[
     if !obj.contains_key("raft") && !obj.contains_key("identify") {
         if let Some(reply) = obj.remove("reply") {
             match obj.get("request_id").and_then(Value::as_u64) {
-                Some(id) => {
-                    let waiter = pending.lock().ok().and_then(|mut p| p.remove(&id));
-                    if let Some(w) = waiter {
-                        let _ = w.send(reply);
-                    }
-                }
+                Some(id) => complete(pending, id, PeerReply::Value(reply)),
                 None => {
                     tracing::warn!(target: "antietcd::cluster", "{peer} replied {reply} (wrong cluster_key?)")
                 }

@@ -420,7 +420,9 @@ impl Cluster {
             api.name()
         );
         match self.request_text(&leader, &req, self.config.timeouts.forward).await {
-            Ok(reply) => match reply.get("error") {
+            // A successful answer, as the leader wrote it.
+            Ok(super::peer::PeerReply::Answer(text)) => Ok(text),
+            Ok(super::peer::PeerReply::Value(reply)) => match reply.get("error") {
                 Some(e) if !e.is_null() => {
                     let message = e.as_str().map_or_else(|| e.to_string(), str::to_owned);
                     let status = reply
