@@ -258,15 +258,20 @@ fn texts(texts: Vec<String>) -> Vec<Message> {
     texts.into_iter().map(Message::text).collect()
 }
 
-/// `{"request_id":N,"reply":{}}` exactly (how our followers acknowledge a batch): its request id, without
-/// parsing JSON for the most frequent reply of all.
+/// `{"reply":{},"request_id":N}` (how our followers acknowledge a batch: serde_json sorts the keys) or
+/// `{"request_id":N,"reply":{}}` (antietcd's order), exactly: its request id, without parsing JSON for
+/// the most frequent reply of all.
 fn empty_reply(data: &[u8]) -> Option<u64> {
-    let rest = data.strip_prefix(b"{\"request_id\":")?;
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || &rest[digits..] != b",\"reply\":{}}" {
+    let digits = if let Some(rest) = data.strip_prefix(b"{\"reply\":{},\"request_id\":") {
+        rest.strip_suffix(b"}")?
+    } else {
+        let rest = data.strip_prefix(b"{\"request_id\":")?;
+        rest.strip_suffix(b",\"reply\":{}}")?
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// `{"request_id":N,"reply":{"header":...}}` (a successful answer to a forwarded request, as our leaders
@@ -319,4 +324,27 @@ async fn on_frame(pending: &Pending, inbound: &mut Inbound, peer: &str, data: &[
         }
     }
     inbound.on_message(&obj).await.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_and_answers_are_recognised_without_parsing() {
+        assert_eq!(empty_reply(br#"{"reply":{},"request_id":42}"#), Some(42));
+        assert_eq!(empty_reply(br#"{"request_id":7,"reply":{}}"#), Some(7));
+        for other in [
+            &br#"{"reply":{},"request_id":}"#[..],
+            br#"{"reply":{"error":"x"},"request_id":1}"#,
+            br#"{"request_id":1,"reply":{},"x":1}"#,
+            br#"{"reply":{},"request_id":1 }"#,
+        ] {
+            assert_eq!(empty_reply(other), None, "{}", String::from_utf8_lossy(other));
+        }
+        let answer = br#"{"request_id":3,"reply":{"header":{"revision":5}}}"#;
+        assert_eq!(answer_reply(answer), Some((3, r#"{"header":{"revision":5}}"#.to_owned())));
+        assert_eq!(answer_reply(br#"{"request_id":3,"reply":{"error":"no"}}"#), None);
+        assert_eq!(answer_reply(br#"{"reply":{"header":{}},"request_id":3}"#), None);
+    }
 }
