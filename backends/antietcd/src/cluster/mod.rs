@@ -146,6 +146,15 @@ pub(crate) struct Cluster {
     pub(crate) repl: replica::Replica,
 }
 
+/// A peer's reply with an `error` field (a string, or anything else not null) is a [`PeerError::Remote`].
+fn remote_error(reply: &Value) -> Result<(), PeerError> {
+    match reply.get("error") {
+        Some(Value::String(e)) => Err(PeerError::Remote(e.clone())),
+        Some(e) if !e.is_null() => Err(PeerError::Remote(e.to_string())),
+        _ => Ok(()),
+    }
+}
+
 impl Cluster {
     /// Starts the election driver and one dialing task per peer on `tracker`; they end when `stopping` is
     /// cancelled.
@@ -218,11 +227,8 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<Value, PeerError> {
         let reply = self.request_value(to, body, timeout).await?;
-        match reply.get("error") {
-            Some(Value::String(e)) => Err(PeerError::Remote(e.clone())),
-            Some(e) if !e.is_null() => Err(PeerError::Remote(e.to_string())),
-            _ => Ok(reply),
-        }
+        remote_error(&reply)?;
+        Ok(reply)
     }
 
     /// [`Cluster::request`] without interpreting the reply.
@@ -298,11 +304,7 @@ impl Cluster {
             }
             for rx in replies {
                 let reply = rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))?.into_value();
-                match reply.get("error") {
-                    Some(Value::String(e)) => return Err(PeerError::Remote(e.clone())),
-                    Some(e) if !e.is_null() => return Err(PeerError::Remote(e.to_string())),
-                    _ => {}
-                }
+                remote_error(&reply)?;
             }
             Ok(())
         };
@@ -333,11 +335,7 @@ impl Cluster {
         let run = async {
             link.tx.send(Message::binary(frame)).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
             let reply = rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))?.into_value();
-            match reply.get("error") {
-                Some(Value::String(e)) => Err(PeerError::Remote(e.clone())),
-                Some(e) if !e.is_null() => Err(PeerError::Remote(e.to_string())),
-                _ => Ok(()),
-            }
+            remote_error(&reply)
         };
         let result = match tokio::time::timeout(timeout, run).await {
             Ok(r) => r,
