@@ -423,24 +423,12 @@ async fn a_node_with_a_wrong_cluster_key_is_refused() {
 /// watch history survives (a watch from before its downtime replays), and it has every write made meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_catches_up_without_a_full_load() {
-    let dir = std::env::temp_dir().join(format!("antietcd-cluster-catchup-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let dirs: Vec<_> = (0..3).map(|i| dir.join(format!("n{}", i + 1))).collect();
-    let mut c = Cluster::start_with(|_| "secret", |i| Some(dirs[i].clone())).await;
-    let rxs = c.statuses();
-    let (leader, _) = wait_until(&rxs, Duration::from_secs(10), "one leader", agreed).await;
-    let l = index(&leader);
+    let (mut c, dir, dirs, leader) = durable_cluster("catchup").await;
+    let l = leader;
     let f = (l + 1) % 3;
-    call(&c.urls[l], "/v3/kv/put", json!({"key": b64("/c/0"), "value": b64("0")})).await;
+    put_keys(&c.urls[l], "/c/", 0..=0, "0").await;
     c.stop(f).await;
-    let mut first = 0;
-    for i in 1..=5 {
-        let r =
-            call(&c.urls[l], "/v3/kv/put", json!({"key": b64(&format!("/c/{i}")), "value": b64("x")})).await;
-        if i == 1 {
-            first = r["header"]["revision"].as_i64().unwrap();
-        }
-    }
+    let first = put_keys(&c.urls[l], "/c/", 1..=5, "x").await;
     call(&c.urls[l], "/v3/kv/deleterange", json!({"key": b64("/c/0")})).await;
     c.restart_with(f, "secret", Some(dirs[f].clone())).await;
     let expected: Vec<(String, String)> = (1..=5).map(|i| (format!("/c/{i}"), "x".to_owned())).collect();
@@ -459,24 +447,12 @@ async fn a_restarted_follower_catches_up_without_a_full_load() {
 /// history stays whole, and it has every acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_behind_takes_the_missing_revisions_from_a_follower() {
-    let dir = std::env::temp_dir().join(format!("antietcd-cluster-pull-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let dirs: Vec<_> = (0..3).map(|i| dir.join(format!("n{}", i + 1))).collect();
-    let mut c = Cluster::start_with(|_| "secret", |i| Some(dirs[i].clone())).await;
-    let rxs = c.statuses();
-    let (leader, _) = wait_until(&rxs, Duration::from_secs(10), "one leader", agreed).await;
-    let l = index(&leader);
+    let (mut c, dir, dirs, leader) = durable_cluster("pull").await;
+    let l = leader;
     let (f, m) = ((l + 1) % 3, (l + 2) % 3);
-    call(&c.urls[l], "/v3/kv/put", json!({"key": b64("/p/0"), "value": b64("0")})).await;
+    put_keys(&c.urls[l], "/p/", 0..=0, "0").await;
     c.stop(f).await;
-    let mut first = 0;
-    for i in 1..=3 {
-        let r =
-            call(&c.urls[l], "/v3/kv/put", json!({"key": b64(&format!("/p/{i}")), "value": b64("x")})).await;
-        if i == 1 {
-            first = r["header"]["revision"].as_i64().unwrap();
-        }
-    }
+    let first = put_keys(&c.urls[l], "/p/", 1..=3, "x").await;
     c.stop(l).await;
     c.restart_as(f, "secret", Some(dirs[f].clone()), Some(100)).await;
     let mut live = c.statuses();
@@ -501,14 +477,8 @@ async fn a_leader_behind_takes_the_missing_revisions_from_a_follower() {
 /// watch from before the tail as compacted) and the foreign key is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_member_undoes_its_uncommitted_tail() {
-    let dir = std::env::temp_dir().join(format!("antietcd-cluster-undo-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let dirs: Vec<_> = (0..3).map(|i| dir.join(format!("n{}", i + 1))).collect();
-    let mut c = Cluster::start_with(|_| "secret", |i| Some(dirs[i].clone())).await;
-    let rxs = c.statuses();
-    let (leader, _) = wait_until(&rxs, Duration::from_secs(10), "one leader", agreed).await;
-    let r = call(&c.urls[index(&leader)], "/v3/kv/put", json!({"key": b64("/u/0"), "value": b64("0")})).await;
-    let first = r["header"]["revision"].as_i64().unwrap();
+    let (mut c, dir, dirs, leader) = durable_cluster("undo").await;
+    let first = put_keys(&c.urls[leader], "/u/", 0..=0, "0").await;
     let zero = vec![("/u/0".to_owned(), "0".to_owned())];
     wait_for_keys(&c.urls.iter().map(String::as_str).collect::<Vec<_>>(), "/u/", &zero).await;
     for i in 0..3 {
@@ -531,14 +501,7 @@ async fn a_restarted_member_undoes_its_uncommitted_tail() {
     let mut live = c.statuses();
     live[x] = None;
     let (leader, _) = wait_until(&live, Duration::from_secs(15), "a leader of two", agreed).await;
-    for i in 1..=3 {
-        call(
-            &c.urls[index(&leader)],
-            "/v3/kv/put",
-            json!({"key": b64(&format!("/u/{i}")), "value": b64("y")}),
-        )
-        .await;
-    }
+    put_keys(&c.urls[index(&leader)], "/u/", 1..=3, "y").await;
     c.restart_with(x, "secret", Some(dirs[x].clone())).await;
     let expected: Vec<(String, String)> =
         zero.into_iter().chain((1..=3).map(|i| (format!("/u/{i}"), "y".to_owned()))).collect();
@@ -555,9 +518,7 @@ async fn a_restarted_member_undoes_its_uncommitted_tail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_term_is_persisted_in_the_data_dir() {
-    let dir = std::env::temp_dir().join(format!("antietcd-cluster-term-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let dirs: Vec<_> = (0..3).map(|i| dir.join(format!("n{}", i + 1))).collect();
+    let (dir, dirs) = scratch_dirs("term");
     let c = Cluster::start_with(|_| "secret", |i| Some(dirs[i].clone())).await;
     let (_, term) = wait_until(&c.statuses(), Duration::from_secs(10), "one leader", agreed).await;
     c.shutdown().await;
@@ -859,6 +820,34 @@ async fn put_retrying(url: &str, key: &str, value: &str) {
 }
 
 /// Waits until every node in `urls` lists exactly `expected` under `prefix` (at most 10 s).
+/// A fresh scratch directory for a test named `name` and the data dirs of members n1..n3 in it.
+fn scratch_dirs(name: &str) -> (std::path::PathBuf, Vec<std::path::PathBuf>) {
+    let dir = std::env::temp_dir().join(format!("antietcd-cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dirs = (0..3).map(|i| dir.join(format!("n{}", i + 1))).collect();
+    (dir, dirs)
+}
+
+/// Three durable members (see [`scratch_dirs`]) once they agree on a leader: the cluster, the scratch
+/// directory, the members' data dirs and the leader's index.
+async fn durable_cluster(name: &str) -> (Cluster, std::path::PathBuf, Vec<std::path::PathBuf>, usize) {
+    let (dir, dirs) = scratch_dirs(name);
+    let c = Cluster::start_with(|_| "secret", |i| Some(dirs[i].clone())).await;
+    let (leader, _) = wait_until(&c.statuses(), Duration::from_secs(10), "one leader", agreed).await;
+    (c, dir, dirs, index(&leader))
+}
+
+/// Puts `<prefix><i>` = `value` for each `i` through `url`; returns the revision of the first put.
+async fn put_keys(url: &str, prefix: &str, keys: std::ops::RangeInclusive<u32>, value: &str) -> i64 {
+    let mut first = None;
+    for i in keys {
+        let r =
+            call(url, "/v3/kv/put", json!({"key": b64(&format!("{prefix}{i}")), "value": b64(value)})).await;
+        first = first.or(r["header"]["revision"].as_i64());
+    }
+    first.unwrap_or(0)
+}
+
 /// The first `n` events (type, key) under `prefix` from `start` on a new watch at `url`; fails if the
 /// watch is cancelled (the member's history no longer reaches back to `start`: it took a full load).
 async fn history_from(url: &str, prefix: &str, start: i64, n: usize) -> Vec<(String, String)> {
