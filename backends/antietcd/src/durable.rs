@@ -22,10 +22,10 @@
 //! # durable.close().await?; std::fs::remove_dir_all(&dir)?; Ok(()) }
 //! ```
 
+use crate::codec::{put_i64, put_kv, Reader};
 use crate::engine::{Config, Engine, Journal, JournalRecord};
 use crate::types::*;
 use crate::wal::{Checkpoint, Wal, WalError, WalOptions};
-use bytes::Bytes;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -341,24 +341,6 @@ const RECORD_COMPACT: u8 = 4;
 const RECORD_COMMITTED: u8 = 5;
 const SNAPSHOT_V1: u8 = 1;
 
-fn put_i64(buf: &mut Vec<u8>, v: i64) {
-    buf.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
-    buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    buf.extend_from_slice(b);
-}
-
-fn put_kv(buf: &mut Vec<u8>, kv: &KeyValue) {
-    put_bytes(buf, &kv.key);
-    put_bytes(buf, &kv.value);
-    put_i64(buf, kv.create_revision);
-    put_i64(buf, kv.mod_revision);
-    put_i64(buf, kv.version);
-    put_i64(buf, kv.lease.map_or(0, |l| l.0));
-}
-
 fn encode_record(record: &JournalRecord<'_>) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
     match record {
@@ -399,7 +381,7 @@ fn encode_committed(revision: Revision) -> Vec<u8> {
 }
 
 fn decode_committed(data: &[u8]) -> Result<Revision, String> {
-    let mut r = Reader { data, at: 0 };
+    let mut r = Reader::new(data);
     r.u8()?;
     let revision = r.i64()?;
     r.end()?;
@@ -424,69 +406,12 @@ fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
     buf
 }
 
-/// A bounds-checked reader.
-struct Reader<'a> {
-    data: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.data.len()).ok_or("truncated")?;
-        let out = &self.data[self.at..end];
-        self.at = end;
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| "u32")?))
-    }
-
-    fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().map_err(|_| "i64")?))
-    }
-
-    fn bytes(&mut self) -> Result<Bytes, String> {
-        let n = self.u32()? as usize;
-        Ok(Bytes::copy_from_slice(self.take(n)?))
-    }
-
-    fn kv(&mut self) -> Result<KeyValue, String> {
-        Ok(KeyValue {
-            key: self.bytes()?,
-            value: self.bytes()?,
-            create_revision: self.i64()?,
-            mod_revision: self.i64()?,
-            version: self.i64()?,
-            lease: Some(self.i64()?).filter(|l| *l != 0).map(LeaseId),
-        })
-    }
-
-    fn count(&mut self) -> Result<usize, String> {
-        let n = self.i64()?;
-        // Every item takes at least 8 bytes: a count beyond that is damage, not a reason to allocate.
-        usize::try_from(n).ok().filter(|n| *n <= self.data.len() / 8).ok_or_else(|| format!("bad count {n}"))
-    }
-
-    fn end(&self) -> Result<(), String> {
-        if self.at == self.data.len() {
-            Ok(())
-        } else {
-            Err(format!("{} trailing bytes", self.data.len() - self.at))
-        }
-    }
-}
-
 fn decode_record(data: &[u8]) -> Result<JournalRecord<'static>, String> {
-    let mut r = Reader { data, at: 0 };
+    let mut r = Reader::new(data);
     let record = match r.u8()? {
         RECORD_COMMIT => {
             let revision = r.i64()?;
-            let n = r.u32()? as usize;
+            let n = r.u32()?;
             if n > data.len() {
                 return Err(format!("bad event count {n}"));
             }
@@ -511,19 +436,19 @@ fn decode_record(data: &[u8]) -> Result<JournalRecord<'static>, String> {
 }
 
 fn decode_snapshot(data: &[u8]) -> Result<Snapshot, String> {
-    let mut r = Reader { data, at: 0 };
+    let mut r = Reader::new(data);
     match r.u8()? {
         SNAPSHOT_V1 => {}
         v => return Err(format!("unknown checkpoint version {v}")),
     }
     let revision = r.i64()?;
     let compact_revision = r.i64()?;
-    let n = r.count()?;
+    let n = r.count(8)?;
     let mut kvs = Vec::with_capacity(n);
     for _ in 0..n {
         kvs.push(r.kv()?);
     }
-    let n = r.count()?;
+    let n = r.count(8)?;
     let mut leases = Vec::with_capacity(n);
     for _ in 0..n {
         leases.push(LeaseSnapshot { id: LeaseId(r.i64()?), ttl: r.i64()?, remaining: Duration::ZERO });
@@ -535,6 +460,7 @@ fn decode_snapshot(data: &[u8]) -> Result<Snapshot, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     /// Records and snapshots round-trip; every truncation or trailing garbage is an error, not a panic.
     #[test]

@@ -56,6 +56,7 @@
 //! election; `COMPAT-cluster.md`), `bin/` (antietcd, anticli).
 
 pub mod cluster;
+mod codec;
 mod config;
 pub mod durable;
 mod engine;

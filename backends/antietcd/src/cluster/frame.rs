@@ -18,9 +18,9 @@
 //! instead of two); followers apply it before the records, as if a `commit` message had come first. The
 //! reply is the usual `{"request_id": R, "reply": {}}` JSON text.
 
+use crate::codec::{put_bytes, put_i64, put_u32, Reader};
 use crate::engine::{JournalRecord, ReplicatedChange, ReplicatedEvent};
 use crate::types::{EventKind, LeaseId, Revision};
-use bytes::Bytes;
 
 /// The first byte of a batch frame: not one a JSON text can start with.
 pub(crate) const MAGIC: u8 = 0xB7;
@@ -52,19 +52,6 @@ pub(crate) struct Batch {
     pub(crate) term: u64,
     pub(crate) commit: Option<Revision>,
     pub(crate) items: Vec<Item>,
-}
-
-fn put_u32(buf: &mut Vec<u8>, v: usize) {
-    buf.extend_from_slice(&u32::try_from(v).unwrap_or(u32::MAX).to_le_bytes());
-}
-
-fn put_i64(buf: &mut Vec<u8>, v: i64) {
-    buf.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
-    put_u32(buf, b.len());
-    buf.extend_from_slice(b);
 }
 
 /// The frame of `records` for `term` (request id 0, see [`set_request_id`]), with the piggybacked
@@ -126,50 +113,9 @@ pub(crate) fn is_batch(data: &[u8]) -> bool {
     data.first() == Some(&MAGIC)
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.data.len() < n {
-            return Err("truncated batch frame".into());
-        }
-        let (head, rest) = self.data.split_at(n);
-        self.data = rest;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Result<usize, String> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
-    }
-
-    fn i64(&mut self) -> Result<i64, String> {
-        self.u64().map(|v| v as i64)
-    }
-
-    fn bytes(&mut self) -> Result<Bytes, String> {
-        let n = self.u32()?;
-        // Copied: a slice of the frame would keep the whole frame alive as long as the key lives.
-        Ok(Bytes::copy_from_slice(self.take(n)?))
-    }
-}
-
 /// Reads a batch frame.
 pub(crate) fn decode(data: &[u8]) -> Result<Batch, String> {
-    let mut r = Reader { data };
+    let mut r = Reader::new(data);
     if r.u8()? != MAGIC {
         return Err("not a batch frame".into());
     }
@@ -178,7 +124,7 @@ pub(crate) fn decode(data: &[u8]) -> Result<Batch, String> {
     let commit = Some(r.i64()?).filter(|c| *c != 0);
     let count = r.u32()?;
     // Each record takes at least 9 bytes: a count beyond that is a corrupt frame, not a reason to allocate.
-    let mut items = Vec::with_capacity(count.min(r.data.len() / 9));
+    let mut items = Vec::with_capacity(count.min(r.remaining() / 9));
     // The revision lease-only changes are applied at (the latest commit's, as `to_messages` does).
     let mut revision = 0;
     for _ in 0..count {
@@ -186,7 +132,7 @@ pub(crate) fn decode(data: &[u8]) -> Result<Batch, String> {
             1 => {
                 revision = r.i64()?;
                 let n = r.u32()?;
-                let mut events = Vec::with_capacity(n.min(r.data.len() / 5));
+                let mut events = Vec::with_capacity(n.min(r.remaining() / 5));
                 for _ in 0..n {
                     let kind = r.u8()?;
                     let key = r.bytes()?;
@@ -226,9 +172,7 @@ pub(crate) fn decode(data: &[u8]) -> Result<Batch, String> {
             t => return Err(format!("unknown batch record {t}")),
         }
     }
-    if !r.data.is_empty() {
-        return Err("trailing bytes in a batch frame".into());
-    }
+    r.end()?;
     Ok(Batch { request_id, term, commit, items })
 }
 
@@ -236,6 +180,7 @@ pub(crate) fn decode(data: &[u8]) -> Result<Batch, String> {
 mod tests {
     use super::*;
     use crate::types::{Event, KeyValue};
+    use bytes::Bytes;
 
     fn event(kind: EventKind, key: &'static [u8], value: &'static [u8], rev: Revision) -> Event {
         Event {
