@@ -482,7 +482,7 @@ async fn run(cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<Proposal>, stoppin
             tokio::select! {
                 _ = stopping.cancelled() => return,
                 r = status.changed() => if r.is_err() { return },
-                Some(p) = inbox.recv() => answer(p, Err(unavailable("Not leader"))),
+                Some(p) = inbox.recv() => answer(&shared, p, Err(unavailable("Not leader"))),
             }
             continue;
         }
@@ -596,7 +596,8 @@ fn send_commit(cluster: &Cluster, commit: &mut Option<PendingCommit>) {
     }
 }
 
-fn answer(p: Proposal, result: ApiResult<String>) {
+/// Answers a proposal: to the waiting API call, or on the socket of the follower that forwarded it.
+fn answer(shared: &Shared, p: Proposal, result: ApiResult<String>) {
     match p.reply {
         Some(Reply::Local(tx)) => {
             let _ = tx.send(result);
@@ -604,8 +605,8 @@ fn answer(p: Proposal, result: ApiResult<String>) {
         Some(Reply::Peer { replier, request_id, .. }) => {
             let reply = peer_reply(request_id.as_ref(), result);
             if let Err(mpsc::error::TrySendError::Full(reply)) = replier.try_send(reply) {
-                // The socket is behind: a task waits for room rather than this one.
-                tokio::spawn(async move {
+                // The socket is behind: a task of the node waits for room rather than this one.
+                shared.tracker.spawn(async move {
                     let _ = replier.send(reply).await;
                 });
             }
@@ -651,7 +652,7 @@ async fn run_batch(
     for p in batch {
         if p.reply.as_ref().is_some_and(Reply::gave_up) {
             // Its client gave up (and was told 503): better not to apply it at all.
-            answer(p, Err(unavailable("timeout")));
+            answer(shared, p, Err(unavailable("timeout")));
             continue;
         }
         let result = crate::http::execute(shared, p.api, &p.body);
@@ -669,7 +670,7 @@ async fn run_batch(
         drop(gate);
         send_commit(cluster, commit);
         for (p, r) in results {
-            answer(p, r);
+            answer(shared, p, r);
         }
         return Ok(());
     }
@@ -712,7 +713,7 @@ async fn run_batch(
         };
         for (p, r) in results {
             // A write that failed by itself changed nothing: its own error stands.
-            answer(p, r.and(Err(unavailable(message))));
+            answer(shared, p, r.and(Err(unavailable(message))));
         }
         return Err(e);
     }
@@ -738,7 +739,7 @@ async fn run_batch(
         *commit = Some(PendingCommit { term: st.term, revision: last, peers });
     }
     for (p, r) in results {
-        answer(p, r);
+        answer(shared, p, r);
     }
     Ok(())
 }
