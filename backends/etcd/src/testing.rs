@@ -61,6 +61,10 @@ fn which(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
 }
 
+/// etcd's member list, which names the members.
+const MEMBER_LIST: &str = "POST /v3/cluster/member/list HTTP/1.0\r\nHost: localhost\r\n\
+    Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+
 /// Sends one raw HTTP/1.0 request; returns the status code and body.
 fn http_probe(addr: SocketAddr, request: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
@@ -203,6 +207,9 @@ openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out c
 #[derive(Debug)]
 pub struct EtcdServer {
     dir: PathBuf,
+    /// The member's name, unique to this server: readiness checks that the etcd answering on the port is
+    /// this one (a concurrent test's etcd can hold a port picked free here).
+    name: String,
     client_addr: SocketAddr,
     tls: bool,
     process: Process,
@@ -247,19 +254,20 @@ impl EtcdServer {
                 .unwrap_or_else(|| panic!("etcd not found: apt-get install etcd-server (or set ETCD_BIN)")),
         };
         let dir = temp_dir("etcd-json-etcd");
+        let name = dir.file_name().map_or_else(|| "test".to_owned(), |n| n.to_string_lossy().into_owned());
         let client_port = free_port();
         let peer_port = free_port();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let client_url = format!("{scheme}://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut args: Vec<String> = vec![
-            "--name=test".into(),
+            format!("--name={name}"),
             format!("--data-dir={}", dir.join("data").display()),
             format!("--listen-client-urls={client_url}"),
             format!("--advertise-client-urls={client_url}"),
             format!("--listen-peer-urls={peer_url}"),
             format!("--initial-advertise-peer-urls={peer_url}"),
-            format!("--initial-cluster=test={peer_url}"),
+            format!("--initial-cluster={name}={peer_url}"),
             "--initial-cluster-state=new".into(),
             "--logger=zap".into(),
             "--log-outputs=stderr".into(),
@@ -276,6 +284,7 @@ impl EtcdServer {
             tls: tls.is_some(),
             process: Process { program, args, log: dir.join("etcd.log"), child: None },
             dir,
+            name,
             client_addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
         }
     }
@@ -290,15 +299,22 @@ impl EtcdServer {
         self.process.spawn();
         let addr = self.client_addr;
         let tls = self.tls;
+        let name = self.name.clone();
         self.process.try_wait_ready("etcd", || {
             if tls {
                 // No TLS probe here: an open client port means etcd is serving.
                 return TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok();
             }
-            matches!(
+            let healthy = matches!(
                 http_probe(addr, "GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n"),
                 Some((200, body)) if body.contains("true")
-            )
+            );
+            // Healthy, and ours: another test's etcd may serve on this port while ours failed to bind it.
+            healthy
+                && matches!(
+                    http_probe(addr, MEMBER_LIST),
+                    Some((200, body)) if body.contains(&format!("\"name\":\"{name}\""))
+                )
         })
     }
 
@@ -306,6 +322,11 @@ impl EtcdServer {
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.client_addr)
+    }
+
+    /// The member's name (unique to this server).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The client address.

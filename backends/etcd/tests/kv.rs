@@ -190,7 +190,7 @@ async fn txn_compares() {
 /// Reading a compacted revision is a typed error carrying the revision asked for.
 #[tokio::test]
 async fn compacted_range() {
-    let (_etcd, client) = common::etcd().await;
+    let (etcd, client) = common::etcd().await;
     let old = client.put("/c", "1", None).await.unwrap().header.revision;
     let new = client.put("/c", "2", None).await.unwrap().header.revision;
     client.compact(new, true).await.unwrap();
@@ -201,7 +201,7 @@ async fn compacted_range() {
     assert!(status.db_size > 0);
     let members = client.member_list().await.unwrap();
     assert_eq!(members.members.len(), 1);
-    assert_eq!(members.members[0].name, "test");
+    assert_eq!(members.members[0].name, etcd.name());
 }
 
 /// With the first endpoint down, calls go to the next one; when every endpoint is down
