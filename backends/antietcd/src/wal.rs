@@ -576,9 +576,11 @@ impl Writer {
                     }
                 }
             }
+            // Counted before the flush announces them durable: a writer that saw its write acknowledged
+            // sees it in the counters too.
+            lock(&self.stats).records += appended;
             self.guard(|w| w.flush(&mut buf));
             buf.clear();
-            lock(&self.stats).records += appended;
         }
     }
 
