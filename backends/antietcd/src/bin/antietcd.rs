@@ -6,6 +6,12 @@
 use antietcd::{Node, ServerConfig};
 use clap::Parser;
 
+/// A replicated write allocates for every message it passes between members; mimalloc makes that about a
+/// fifth cheaper for a 3-node cluster than glibc's allocator (README, "Clusters").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let config = ServerConfig::parse();
     if !config.logs.is_empty() {
