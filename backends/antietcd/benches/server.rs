@@ -63,7 +63,9 @@ impl Server {
 
 fn ours() -> Server {
     let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_antietcd"));
+    // ANTIETCD_BIN: another build of ours (A/B comparisons).
+    let bin = std::env::var_os("ANTIETCD_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_antietcd").into());
+    let mut cmd = Command::new(bin);
     cmd.args(["--port", &port.to_string(), "--ip", "127.0.0.1", "--max_connections", "100000"]);
     Server::spawn(cmd, port)
 }

@@ -6,8 +6,8 @@
 use antietcd::{Node, ServerConfig};
 use clap::Parser;
 
-/// A replicated write allocates for every message it passes between members; mimalloc makes that about a
-/// fifth cheaper for a 3-node cluster than glibc's allocator (README, "Clusters").
+/// A server allocates for every message it passes; mimalloc does that faster than glibc's allocator
+/// (feature `mimalloc`, on by default; see the crate's Cargo.toml).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
