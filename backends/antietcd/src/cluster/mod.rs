@@ -238,22 +238,11 @@ impl Cluster {
         mut body: Map<String, Value>,
         timeout: Duration,
     ) -> Result<Value, PeerError> {
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        body.insert("request_id".into(), id.into());
-        let (tx, rx) = oneshot::channel();
-        let link = self.links.get(to).ok_or_else(|| PeerError::Unavailable(to.to_owned()))?;
-        link.add_pending(id, tx);
-        let text = Value::Object(body).to_string();
-        let sent = async {
-            link.tx.send(Message::text(text)).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
-            rx.await.map(peer::PeerReply::into_value).map_err(|_| PeerError::Unavailable(to.to_owned()))
+        let message = |id: u64| {
+            body.insert("request_id".into(), id.into());
+            Ok(Message::text(Value::Object(body).to_string()))
         };
-        let reply = match tokio::time::timeout(timeout, sent).await {
-            Ok(r) => r,
-            Err(_) => Err(PeerError::Timeout),
-        };
-        link.remove_pending(id);
-        reply
+        self.call(to, message, timeout).await.map(peer::PeerReply::into_value)
     }
 
     /// [`Cluster::request_value`] of a request already serialised (a JSON object text; `request_id` is
@@ -264,13 +253,29 @@ impl Cluster {
         body: &str,
         timeout: Duration,
     ) -> Result<peer::PeerReply, PeerError> {
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let text = with_request_id(body, id).ok_or_else(|| PeerError::Remote("not a JSON object".into()))?;
-        let (tx, rx) = oneshot::channel();
+        let message = |id| {
+            with_request_id(body, id)
+                .map(Message::text)
+                .ok_or_else(|| PeerError::Remote("not a JSON object".into()))
+        };
+        self.call(to, message, timeout).await
+    }
+
+    /// The request/reply primitive under the `request_*` methods: sends the frame `message` builds for a
+    /// fresh request id on our link to `to` and waits up to `timeout` for the reply carrying that id.
+    async fn call(
+        &self,
+        to: &str,
+        message: impl FnOnce(u64) -> Result<Message, PeerError>,
+        timeout: Duration,
+    ) -> Result<peer::PeerReply, PeerError> {
         let link = self.links.get(to).ok_or_else(|| PeerError::Unavailable(to.to_owned()))?;
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let message = message(id)?;
+        let (tx, rx) = oneshot::channel();
         link.add_pending(id, tx);
         let sent = async {
-            link.tx.send(Message::text(text)).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
+            link.tx.send(message).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
             rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))
         };
         let reply = tokio::time::timeout(timeout, sent).await.unwrap_or(Err(PeerError::Timeout));
@@ -326,23 +331,12 @@ impl Cluster {
         frame: &[u8],
         timeout: Duration,
     ) -> Result<(), PeerError> {
-        let link = self.links.get(to).ok_or_else(|| PeerError::Unavailable(to.to_owned()))?;
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        link.add_pending(id, tx);
-        let mut frame = frame.to_vec();
-        frame::set_request_id(&mut frame, id);
-        let run = async {
-            link.tx.send(Message::binary(frame)).await.map_err(|_| PeerError::Unavailable(to.to_owned()))?;
-            let reply = rx.await.map_err(|_| PeerError::Unavailable(to.to_owned()))?.into_value();
-            remote_error(&reply)
+        let message = |id| {
+            let mut frame = frame.to_vec();
+            frame::set_request_id(&mut frame, id);
+            Ok(Message::binary(frame))
         };
-        let result = match tokio::time::timeout(timeout, run).await {
-            Ok(r) => r,
-            Err(_) => Err(PeerError::Timeout),
-        };
-        link.remove_pending(id);
-        result
+        remote_error(&self.call(to, message, timeout).await?.into_value())
     }
 
     /// The term of this node's last sync (antietcd's `stored_term`), as reported in dumps.
