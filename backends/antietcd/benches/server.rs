@@ -1,11 +1,15 @@
 //! Server benchmark, ratios measured in one run on one machine:
 //! - put and range throughput (32 keep-alive HTTP/1.1 connections, 1,000 keys, 20-byte values, every put
-//!   a new value) of our server vs Node antietcd 1.3.1 (memory mode) vs a trivial axum JSON endpoint;
+//!   a new value) of our server vs Node antietcd 1.3.1 (memory mode) vs a trivial axum JSON endpoint,
+//!   measured in turns (4 x 1 s each);
 //! - websocket fan-out on one prefix: latency of a put reaching 1,000 and 10,000 watchers, vs a trivial
-//!   websocket broadcast server; RSS per idle watcher.
+//!   websocket broadcast server; RSS per idle watcher. Watchers keep their sockets until every one has the
+//!   last put, so that no socket's teardown weighs on the latency of the others.
 //!
-//! `cargo bench -p antietcd --bench server [-- --quick]`. Every server runs as its own process (ours is
-//! the `antietcd` binary; the trivial servers are this binary re-executed); the load generator runs here.
+//! `cargo bench -p antietcd --bench server [-- --quick]` (`-- --only put|range|fan-out` for one row, to
+//! profile it; `ANTIETCD_BIN=<binary>` measures another build of ours). Every server runs as its own process
+//! (ours is the `antietcd` binary; the trivial servers are this binary re-executed); the load generator
+//! runs here.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use base64::Engine as _;
@@ -191,12 +195,16 @@ async fn fan_out(server: &Server, n: usize, puts: usize) -> (f64, f64, f64, f64)
     let received = Arc::new(AtomicUsize::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n * puts)));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n);
+    // Every watcher keeps its socket until all have had the last put: a socket closing (on either side)
+    // would otherwise weigh on the latency of the others still receiving it.
+    let finished = Arc::new(tokio::sync::Barrier::new(n));
     let mut tasks = Vec::new();
     for i in 0..n {
         let ready = ready_tx.clone();
         let sent_at = sent_at.clone();
         let received = received.clone();
         let latencies = latencies.clone();
+        let finished = finished.clone();
         tasks.push(tokio::spawn(async move {
             let url = format!("ws://127.0.0.1:{port}/watch");
             let (mut ws, _) = loop {
@@ -227,6 +235,8 @@ async fn fan_out(server: &Server, n: usize, puts: usize) -> (f64, f64, f64, f64)
                 }
             }
             latencies.lock().unwrap().extend(mine);
+            finished.wait().await;
+            drop(ws);
         }));
     }
     drop(ready_tx);
@@ -340,7 +350,9 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let _ = rlimit::increase_nofile_limit(200_000);
-    let secs = if quick { 1.0 } else { 3.0 };
+    // Each server is measured `rounds` times `secs`, the three in turns, so that the machine's drift
+    // (other load, the host's steal time) weighs on all three alike.
+    let (secs, rounds) = if quick { (1.0, 1) } else { (1.0, 4) };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         println!("# antietcd server benchmark ({}), {CONNECTIONS} connections, {KEYS} keys", if quick { "quick" } else { "full" });
@@ -352,19 +364,28 @@ fn main() {
             fill(n.port).await;
         }
         let triv = trivial("--trivial-http");
-        for op in ["put", "range"] {
-            let o = throughput(our.port, op, secs).await;
-            let n = match &nodejs {
-                Some(n) => throughput(n.port, op, secs).await,
-                None => f64::NAN,
-            };
-            let t = throughput(triv.port, if op == "put" { "put" } else { "range" }, secs).await;
+        // `-- --only put|range|fan-out`: that row alone (for profiling one path).
+        let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(String::as_str);
+        for op in ["put", "range"].into_iter().filter(|op| only.is_none_or(|o| o == *op)) {
+            let (mut o, mut n, mut t) = (0.0, 0.0, 0.0);
+            for _ in 0..rounds {
+                o += throughput(our.port, op, secs).await / rounds as f64;
+                n += match &nodejs {
+                    Some(node) => throughput(node.port, op, secs).await / rounds as f64,
+                    None => f64::NAN,
+                };
+                t += throughput(triv.port, op, secs).await / rounds as f64;
+            }
             println!("{op:6} ours {o:9.0} req/s | Node {n:9.0} req/s | trivial axum {t:9.0} req/s | ours/Node {:.2}x | ours/axum {:.0}%", o / n, 100.0 * o / t);
             rows.push((op, o, n, t));
         }
         drop(triv);
         drop(nodejs);
-        let sizes: &[usize] = if quick { &[1000, 2000] } else { &[1000, 10000] };
+        let sizes: &[usize] = match only {
+            Some(o) if o != "fan-out" => &[],
+            _ if quick => &[1000, 2000],
+            _ => &[1000, 10000],
+        };
         for &n in sizes {
             let puts = if quick { 10 } else { 30 };
             let server = ours();
