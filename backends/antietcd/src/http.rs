@@ -18,7 +18,6 @@ use http_body_util::BodyExt;
 use hyper::header::{CONTENT_TYPE, UPGRADE};
 use hyper::{Method, StatusCode};
 use serde_json::{Map, Value};
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -282,7 +281,7 @@ pub(crate) async fn local(shared: &Arc<Shared>, api: Api, body: &Map<String, Val
             shared.cluster.as_ref().map_or(0, |c| c.synced_term()),
         ));
     }
-    let (value, synced_revision) = execute(shared, api, body)?;
+    let (text, synced_revision) = execute(shared, api, body)?;
     if let (Some(_), Some(d), false) = (synced_revision, &shared.durable, shared.persist_interval) {
         d.sync().await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     }
@@ -291,30 +290,33 @@ pub(crate) async fn local(shared: &Arc<Shared>, api: Api, body: &Map<String, Val
             p.sync(rev).await?;
         }
     }
-    let mut out = String::with_capacity(128);
-    let _ = write!(out, "{value}");
-    Ok(out)
+    Ok(text)
 }
 
-/// Executes one API call on the engine (no disk wait): the response body, and the revision a write
-/// must have on disk before it is acknowledged.
+/// Executes one API call on the engine (no disk wait): the response body (JSON text), and the revision a
+/// write must have on disk before it is acknowledged.
 pub(crate) fn execute(
     shared: &Shared,
     api: Api,
     body: &Map<String, Value>,
-) -> ApiResult<(Value, Option<crate::Revision>)> {
+) -> ApiResult<(String, Option<crate::Revision>)> {
     let engine = &shared.engine;
     let codec = &shared.codec;
     let (value, synced_revision) = match api {
+        // The two hottest calls write their answers directly (no `Value` tree to build and print).
         Api::Range => {
             let req = codec.range_request(body)?;
             let r = engine.range(&req).map_err(ApiError::engine)?;
-            (with_header(r.revision, codec.range_body(&r, req.keys_only)), None)
+            let mut out = String::with_capacity(64 + 128 * r.kvs.len());
+            codec.write_range(&mut out, &r, req.keys_only);
+            return Ok((out, None));
         }
         Api::Put => {
             let req = codec.put_request(body)?;
             let r = engine.put(req).map_err(ApiError::engine)?;
-            (with_header(r.revision, codec.put_body(&r)), Some(r.revision))
+            let mut out = String::with_capacity(64);
+            codec.write_put(&mut out, &r);
+            return Ok((out, Some(r.revision)));
         }
         Api::DeleteRange => {
             let req = codec.delete_request(body)?;
@@ -409,7 +411,7 @@ pub(crate) fn execute(
             )
         }
     };
-    Ok((value, synced_revision))
+    Ok((value.to_string(), synced_revision))
 }
 
 /// antietcd answers keepalive and revoke of an unknown lease with plain `unknown lease`.

@@ -664,7 +664,7 @@ async fn run_batch(
                 }
             }
         }
-        results.push((p, result.map(|(value, _)| value.to_string())));
+        results.push((p, result.map(|(text, _)| text)));
     }
     if records.is_empty() {
         drop(gate);
