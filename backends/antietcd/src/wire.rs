@@ -584,14 +584,7 @@ mod tests {
     /// The hand-written event encoder produces the same JSON as the Value-based one, for every shape.
     #[test]
     fn write_event_matches_event() {
-        let kv = |k: &str, v: &str, lease: Option<LeaseId>| KeyValue {
-            key: Bytes::copy_from_slice(k.as_bytes()),
-            value: Bytes::copy_from_slice(v.as_bytes()),
-            create_revision: 3,
-            mod_revision: 7,
-            version: 2,
-            lease,
-        };
+        let kv = |k: &str, v: &str, lease: Option<LeaseId>| sample_kv(k.as_bytes(), v.as_bytes(), lease);
         let events = [
             Event { kind: EventKind::Put, kv: kv("/a", "1", None), prev_kv: None },
             Event {
