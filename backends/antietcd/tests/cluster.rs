@@ -249,6 +249,16 @@ async fn writes_replicate_with_forwarding_watches_and_leases() {
     };
     assert_eq!(call(&f2, "/v3/kv/txn", cas("1", "2")).await["succeeded"], true);
     assert_eq!(call(&f1, "/v3/kv/txn", cas("1", "3")).await["succeeded"], false);
+    // Frames far larger than a link's read buffer cross both ways: a 300 KiB value forwarded by one
+    // follower and replicated to the other, then returned to the first as the previous value of a put.
+    let big = "v".repeat(300 * 1024);
+    call(&f1, "/v3/kv/put", json!({"key": b64("/big"), "value": b64(&big)})).await;
+    let again =
+        call(&f1, "/v3/kv/put", json!({"key": b64("/big"), "value": b64("x"), "prev_kv": true})).await;
+    let shown: String = again.to_string().chars().take(200).collect();
+    assert!(unb64(&again["prev_kv"]["value"]) == big, "prev_kv of /big: {shown}");
+    let r = call(&f2, "/v3/kv/range", json!({"key": b64("/big")})).await;
+    assert_eq!(unb64(&r["kvs"][0]["value"]), "x", "{r}");
     // Leases: granted through a follower, expire on the leader, and the deletion reaches every node.
     let grant = call(&f1, "/v3/lease/grant", json!({"TTL": 1})).await;
     let id = grant["ID"].as_str().unwrap().to_owned();
