@@ -190,14 +190,14 @@ impl Session {
         if self.shared.logs.access {
             tracing::info!(target: "antietcd::access", "ws -> {}", String::from_utf8_lossy(data));
         }
-        let msg: Value = match serde_json::from_slice(data) {
+        let mut msg: Value = match serde_json::from_slice(data) {
             Ok(v) => v,
             Err(_) => return vec![self.error("bad-json", None)],
         };
         if !truthy(Some(&msg)) {
             return vec![self.error("empty-message", None)];
         }
-        let Value::Object(obj) = &msg else {
+        let Value::Object(obj) = &mut msg else {
             return vec![
                 self.error(format!("a message should be a JSON object, not {}", type_name(&msg)), None)
             ];

@@ -118,7 +118,7 @@ impl Inbound {
     }
 
     /// Handles one message object; `None` if it is not a peer message (the caller treats it as unknown).
-    pub(crate) async fn on_message(&mut self, obj: &Map<String, Value>) -> Option<Vec<String>> {
+    pub(crate) async fn on_message(&mut self, obj: &mut Map<String, Value>) -> Option<Vec<String>> {
         let kind = KINDS.iter().copied().find(|k| obj.contains_key(*k))?;
         let request_id = obj.get("request_id");
         if kind == "identify" {

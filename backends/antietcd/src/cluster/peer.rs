@@ -333,7 +333,7 @@ async fn on_frame(pending: &Pending, inbound: &mut Inbound, peer: &str, data: &[
             return Vec::new();
         }
     }
-    inbound.on_message(&obj).await.unwrap_or_default()
+    inbound.on_message(&mut obj).await.unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1118,10 +1118,12 @@ pub(crate) async fn on_peer_message(
     cluster: &Arc<Cluster>,
     peer: &str,
     kind: &str,
-    obj: &Map<String, Value>,
+    obj: &mut Map<String, Value>,
     replier: &mpsc::Sender<String>,
 ) -> Vec<String> {
-    let request_id = obj.get("request_id");
+    // Owned, so that a forwarded request's body can be taken out of `obj` rather than copied.
+    let request_id_value = obj.get("request_id").cloned();
+    let request_id = request_id_value.as_ref();
     let Some(shared) = cluster.repl.shared() else {
         return vec![reply_err(request_id, "Server is stopping")];
     };
@@ -1129,8 +1131,11 @@ pub(crate) async fn on_peer_message(
     let repl = &cluster.repl;
     match kind {
         "handler" => {
+            let body = match obj.remove("request") {
+                Some(Value::Object(body)) => body,
+                _ => Map::new(),
+            };
             let name = obj.get("handler").and_then(Value::as_str).unwrap_or_default();
-            let body = obj.get("request").and_then(Value::as_object).cloned().unwrap_or_default();
             let Some(api) = Api::from_handler(name) else {
                 return vec![reply_err(request_id, &format!("unknown handler {name:?}"))];
             };
