@@ -633,6 +633,18 @@ impl Engine {
             }
             return;
         }
+        if self.prevote.as_ref().is_some_and(|pv| pv.target == target) {
+            // We asked for the same term at about the same time (the leader died and both timers fired
+            // within a message delay). Were each to grant the other, both would run and split the vote,
+            // losing a whole election round. The tie goes to the higher priority, then the higher node
+            // id; the loser grants and drops its own pre-vote (its timer still retries if the winner
+            // fails).
+            if (prio(priority), from) < (mine, self.config.node_id.as_str()) {
+                self.reply_vote(from);
+                return;
+            }
+            self.prevote = None;
+        }
         self.send(from, grant);
     }
 
