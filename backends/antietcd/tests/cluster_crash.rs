@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 6;
+/// A failover slower than this (election_timeout 1 s + 0.5 s) is reported with the terms it went through.
+const SLOW_FAILOVER: Duration = Duration::from_millis(1500);
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 struct Member {
@@ -231,6 +233,7 @@ async fn crash_loop(loops: usize) {
             .collect();
         tokio::time::sleep(Duration::from_millis(rng.random_range(20..300))).await;
         let before: u64 = acked.lock().unwrap().iter().sum();
+        let term_before = status(&http, &members[leader].url).await.map(|s| s["raftTerm"].clone());
         let killed = Instant::now();
         members[leader].kill();
         // The survivors take writes again.
@@ -245,7 +248,28 @@ async fn crash_loop(loops: usize) {
                 "round {round}: no write accepted after the kill"
             );
         }
-        failover.push(killed.elapsed());
+        let took = killed.elapsed();
+        failover.push(took);
+        if took > SLOW_FAILOVER {
+            // What a slow failover went through: terms passed (one per election round) and who leads now.
+            let mut after = Vec::new();
+            for (i, m) in members.iter().enumerate().filter(|(i, _)| *i != leader) {
+                let s = status(&http, &m.url).await;
+                let s = s.as_ref();
+                after.push(format!(
+                    "n{}: {} at term {}",
+                    i + 1,
+                    s.map_or(Value::Null, |s| s["raftState"].clone()),
+                    s.map_or(Value::Null, |s| s["raftTerm"].clone())
+                ));
+            }
+            println!(
+                "round {round}: writes again {took:?} after killing n{} (term {}); now {}",
+                leader + 1,
+                term_before.unwrap_or(Value::Null),
+                after.join(", ")
+            );
+        }
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             t.await.unwrap();
@@ -254,11 +278,12 @@ async fn crash_loop(loops: usize) {
         counted[leader] = [0; 3];
     }
     let total: u64 = acked.lock().unwrap().iter().sum();
+    let slow = failover.iter().filter(|t| **t > SLOW_FAILOVER).count();
     failover.sort();
     println!(
         "{loops} leader kills; every acknowledged transaction present on every member, none half-done; \
-         writes again after a kill: median {:?}, max {:?}; resyncs: {} catch-ups ({} after undoing an \
-         uncommitted tail), {} full loads",
+         writes again after a kill: median {:?}, max {:?}, {slow} over {SLOW_FAILOVER:?}; resyncs: {} \
+         catch-ups ({} after undoing an uncommitted tail), {} full loads",
         failover.get(failover.len() / 2),
         failover.last(),
         resyncs[0],
