@@ -7,6 +7,7 @@
 #![cfg(feature = "etcd")]
 #![allow(clippy::unwrap_used)]
 
+use etcd_json::testing::free_port;
 use futures::StreamExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,10 +20,6 @@ use valkeyrie::{Election, Error, EventKind, LockOptions, Store, WriteOptions};
 /// The TinyRaft timeouts of the test clusters (short, so that failover tests are quick).
 const ELECTION: Duration = Duration::from_millis(1000);
 const TIMEOUTS: &str = "election_timeout=1s&heartbeat_timeout=200ms&leadership_timeout=600ms";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("valkeyrie-cluster-{name}-{}", std::process::id()));

@@ -5,6 +5,7 @@
 #![cfg(feature = "etcd")]
 #![allow(clippy::unwrap_used)]
 
+use etcd_json::testing::free_port;
 use futures::StreamExt;
 use std::path::PathBuf;
 use valkeyrie::{Error, EventKind};
@@ -14,10 +15,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Everything acknowledged is there after close and reopen, and revisions continue from where they were.

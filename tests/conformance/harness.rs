@@ -225,9 +225,7 @@ impl AntietcdCluster {
 
     async fn try_start() -> Result<AntietcdCluster, String> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let ports: Vec<u16> = (0..3)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
-            .collect();
+        let ports: Vec<u16> = (0..3).map(|_| etcd_json::testing::free_port()).collect();
         let cluster: Vec<String> =
             ports.iter().enumerate().map(|(i, p)| format!("n{}=http://127.0.0.1:{p}", i + 1)).collect();
         let cluster = cluster.join(",");

@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use base64::Engine as _;
+use etcd_json::testing::free_port;
 use futures::{SinkExt, StreamExt};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,10 +27,6 @@ const KEYS: usize = 1000;
 
 fn b64(s: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Server {

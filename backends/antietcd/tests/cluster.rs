@@ -9,6 +9,7 @@ mod common;
 use antietcd::{ClusterStatus, Node, RaftRole, ServerConfig, ServerError};
 use clap::Parser;
 use common::*;
+use etcd_json::testing::free_port_on;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -671,10 +672,6 @@ async fn proc_agreed(procs: &[Proc], live: &[usize], above: u64, within: Duratio
         assert!(Instant::now() < deadline, "no agreed leader within {within:?}: {seen:#?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn free_port_on(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,9 +50,42 @@ fn temp_dir(prefix: &str) -> PathBuf {
     dir
 }
 
-/// A free loopback port (bound then released; good enough for tests).
+/// A free port on 127.0.0.1 for a server a test starts later; see [`free_port_on`].
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
+    free_port_on("127.0.0.1")
+}
+
+/// A free port on the loopback address `ip` for a server a test starts later.
+///
+/// The port is probed (bound, then released), so another socket could take it before the server binds
+/// it. Asking the kernel for port 0 makes that likely: it hands the released port to the next port-0
+/// bind, such as an in-process server of a parallel test, while the child process is still booting, and
+/// the test then talks to the wrong server. So the ports come from below the kernel's ephemeral range
+/// (which port-0 binds and outgoing connections use), from a counter that never repeats one within a
+/// process, starting at an offset taken from the process id so that test binaries running at the same
+/// time rarely meet.
+pub fn free_port_on(ip: &str) -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let (low, high) = unassigned_ports();
+    let span = usize::from(high - low);
+    let start = std::process::id() as usize * 7919;
+    for _ in 0..span {
+        let port = low + ((start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip} in {low}..{high}");
+}
+
+/// A port range the kernel does not hand out by itself: the 16 Ki ports below the ephemeral range.
+fn unassigned_ports() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|low| low.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let high = ephemeral_low.max(2048);
+    (high.saturating_sub(16384).max(1024), high)
 }
 
 /// Finds a program on `PATH`.

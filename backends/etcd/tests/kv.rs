@@ -318,3 +318,26 @@ async fn malformed_replies_are_decode_errors() {
         "{err:?}"
     );
 }
+
+/// Ports for child servers never come from the kernel's ephemeral range (where an in-process port-0 bind
+/// could take one while the child boots), never repeat within a process, and are free when handed out.
+#[test]
+fn test_ports_avoid_the_ephemeral_range_and_never_repeat() {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let held: Vec<std::net::TcpListener> = (0..200)
+        .map(|_| {
+            let port = free_port();
+            assert!(port < ephemeral_low, "{port} is in the ephemeral range");
+            // Port-0 binds in between cannot land on it.
+            let _other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            std::net::TcpListener::bind(("127.0.0.1", port)).unwrap()
+        })
+        .collect();
+    let mut ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 200);
+}

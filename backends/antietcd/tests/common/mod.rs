@@ -31,10 +31,7 @@ pub fn node_bin(name: &str) -> PathBuf {
     bin
 }
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use etcd_json::testing::free_port;
 
 /// Our `antietcd` binary on 127.0.0.1:`port` with extra `args`, output discarded; kill it when done.
 pub fn antietcd_binary(port: u16, args: &[&str]) -> Child {
