@@ -110,6 +110,32 @@ fn http_probe(addr: SocketAddr, request: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// Whether process `pid` holds a socket listening on TCP `port` on loopback. Linux only (`/proc`); elsewhere
+/// it answers yes.
+fn listens_on(pid: u32, port: u16) -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    let sockets: Vec<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| Some(target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned()))
+        .collect();
+    // /proc/net/tcp: `sl local_address rem_address st ... inode`, addresses `HEXIP:HEXPORT`, 0A = LISTEN.
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().filter_map(|table| std::fs::read_to_string(table).ok()).any(
+        |table| {
+            table.lines().skip(1).any(|line| {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                cols.len() > 9
+                    && cols[3] == "0A"
+                    && cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+                    && sockets.iter().any(|inode| inode == cols[9])
+            })
+        },
+    )
+}
+
 /// The last lines of a log file, for panic messages.
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -137,12 +163,6 @@ impl Process {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.program.display()));
         self.child = Some(child);
-    }
-
-    fn wait_ready(&mut self, what: &str, ready: impl Fn() -> bool) {
-        if let Err(e) = self.try_wait_ready(what, ready) {
-            panic!("{e}");
-        }
     }
 
     /// Waits until `ready()`; the error (with the log's tail) if the process exits or the wait times out.
@@ -413,6 +433,20 @@ impl NodeAntietcd {
 
     /// Starts antietcd with extra command-line options (e.g. `--compact_revisions`, `5`).
     pub fn start_with_args(extra: &[&str]) -> NodeAntietcd {
+        // A port picked free can still be taken before antietcd binds it: then try other ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut server = Self::configure(extra);
+            match server.try_boot() {
+                Ok(()) => return server,
+                Err(e) if attempt < 4 && e.contains("address already in use") => server.process.kill(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn configure(extra: &[&str]) -> NodeAntietcd {
         let node_dir = match std::env::var_os("ANTIETCD_NODE_DIR") {
             Some(dir) => PathBuf::from(dir),
             None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/node"),
@@ -430,23 +464,31 @@ impl NodeAntietcd {
         let mut args: Vec<String> =
             vec!["--port".into(), port.to_string(), "--ip".into(), "127.0.0.1".into()];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut server = NodeAntietcd {
+        NodeAntietcd {
             process: Process { program, args, log: dir.join("antietcd.log"), child: None },
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        server.boot();
-        server
+        }
     }
 
     fn boot(&mut self) {
+        if let Err(e) = self.try_boot() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_boot(&mut self) -> Result<(), String> {
         self.process.spawn();
         let addr = self.addr;
-        self.process.wait_ready("antietcd", || {
+        let pid = self.process.child.as_ref().map(Child::id);
+        self.process.try_wait_ready("antietcd", || {
             let request = "POST /v3/maintenance/status HTTP/1.0\r\nHost: localhost\r\n\
                            Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+            // Answering, and ours: another test's server may answer on this port while ours failed to
+            // bind it (antietcd has no name to ask for, so ask the kernel who listens).
             matches!(http_probe(addr, request), Some((200, _)))
-        });
+                && pid.is_none_or(|pid| listens_on(pid, addr.port()))
+        })
     }
 
     /// The client URL, `http://127.0.0.1:<port>`.
@@ -475,5 +517,26 @@ impl Drop for NodeAntietcd {
     fn drop(&mut self) {
         self.process.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The readiness check tells our child's listener from anyone else's on the same port.
+    #[test]
+    fn listens_on_names_the_process_that_listens() {
+        let listener = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listens_on(std::process::id(), port), "this process listens on {port}");
+        let mut other = Command::new("sleep").arg("5").spawn().unwrap();
+        if cfg!(target_os = "linux") {
+            assert!(!listens_on(other.id(), port), "sleep does not listen on {port}");
+            drop(listener);
+            assert!(!listens_on(std::process::id(), port), "closed");
+        }
+        let _ = other.kill();
+        let _ = other.wait();
     }
 }
