@@ -68,9 +68,9 @@ pub fn free_port_on(ip: &str) -> u16 {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let (low, high) = unassigned_ports();
     let span = usize::from(high - low);
-    let start = std::process::id() as usize * 7919;
+    let start = (std::process::id() as usize).wrapping_mul(7919);
     for _ in 0..span {
-        let port = low + ((start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        let port = low + (start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
         if TcpListener::bind((ip, port)).is_ok() {
             return port;
         }
@@ -110,8 +110,8 @@ fn http_probe(addr: SocketAddr, request: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// Whether process `pid` holds a socket listening on TCP `port` on loopback. Linux only (`/proc`); elsewhere
-/// it answers yes.
+/// Whether process `pid` holds a socket listening on TCP `port` (any address). Linux only (`/proc`);
+/// elsewhere it answers yes.
 fn listens_on(pid: u32, port: u16) -> bool {
     if !cfg!(target_os = "linux") {
         return true;
