@@ -333,11 +333,27 @@ fn test_ports_avoid_the_ephemeral_range_and_never_repeat() {
             assert!(port < ephemeral_low, "{port} is in the ephemeral range");
             // Port-0 binds in between cannot land on it.
             let _other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            std::net::TcpListener::bind(("127.0.0.1", port)).unwrap()
+            bind_soon(port)
         })
         .collect();
     let mut ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
     ports.sort_unstable();
     ports.dedup();
     assert_eq!(ports.len(), 200);
+}
+
+/// Binds `port`, allowing a few milliseconds: a parallel test that forks a server process at the moment
+/// `free_port` probed the port leaves the probe socket open in the child until it execs. Anything that
+/// really holds the port still fails.
+fn bind_soon(port: u16) -> std::net::TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(listener) => return listener,
+            Err(e) if Instant::now() < deadline && e.kind() == std::io::ErrorKind::AddrInUse => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("port {port} handed out but not free: {e}"),
+        }
+    }
 }
