@@ -143,6 +143,21 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// Configures a server (on ports from [`free_port`]) and boots it; if its ports were taken before it bound
+/// them ("address already in use"), drops it (which kills it and removes its directory) and tries again on
+/// other ports, up to four times. Panics with the boot error otherwise.
+fn boot_on_free_ports<S>(mut configure: impl FnMut() -> S, boot: fn(&mut S) -> Result<(), String>) -> S {
+    let mut attempt = 1;
+    loop {
+        let mut server = configure();
+        match boot(&mut server) {
+            Ok(()) => return server,
+            Err(e) if attempt < 4 && e.contains("address already in use") => attempt += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 /// A child process with its log file and a readiness probe.
 #[derive(Debug)]
 struct Process {
@@ -287,17 +302,7 @@ impl EtcdServer {
     }
 
     fn start_inner(extra: &[&str], tls: Option<&TlsFiles>) -> EtcdServer {
-        // A port picked free can be taken by a concurrent test before etcd binds it: try other ports.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut server = Self::configure(extra, tls);
-            match server.try_boot() {
-                Ok(()) => return server,
-                Err(e) if attempt < 4 && e.contains("address already in use") => server.process.kill(),
-                Err(e) => panic!("{e}"),
-            }
-        }
+        boot_on_free_ports(|| Self::configure(extra, tls), Self::try_boot)
     }
 
     fn configure(extra: &[&str], tls: Option<&TlsFiles>) -> EtcdServer {
@@ -433,17 +438,7 @@ impl NodeAntietcd {
 
     /// Starts antietcd with extra command-line options (e.g. `--compact_revisions`, `5`).
     pub fn start_with_args(extra: &[&str]) -> NodeAntietcd {
-        // A port picked free can still be taken before antietcd binds it: then try other ports.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut server = Self::configure(extra);
-            match server.try_boot() {
-                Ok(()) => return server,
-                Err(e) if attempt < 4 && e.contains("address already in use") => server.process.kill(),
-                Err(e) => panic!("{e}"),
-            }
-        }
+        boot_on_free_ports(|| Self::configure(extra), Self::try_boot)
     }
 
     fn configure(extra: &[&str]) -> NodeAntietcd {
