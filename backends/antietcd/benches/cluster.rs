@@ -669,12 +669,11 @@ fn main() {
             for ((o, n), clients) in ours.iter().zip(&node).zip(LOADS) {
                 let names = ["1 node", "3 nodes, clients on all 3", "3 nodes, clients on the leader"];
                 for (row, name) in names.iter().enumerate() {
-                    let single = (row > 0).then_some(());
                     println!(
                         "{:<72} {:>16} {:>22} {:>20}",
                         format!("{name}, {storage}, {clients} clients"),
-                        o[row].cell(single.map(|()| &o[0])),
-                        n[row].cell(single.map(|()| &n[0])),
+                        o[row].cell((row > 0).then_some(&o[0])),
+                        n[row].cell((row > 0).then_some(&n[0])),
                         format!("{}|{}", o[row].cpu_per_put(), n[row].cpu_per_put())
                     );
                     for (who, r) in [("ours", &o[row]), ("Node", &n[row])] {
